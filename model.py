@@ -1,0 +1,540 @@
+"""
+The transformer behind LLaDA and SDAR, written from scratch in one file, and a loader for their official
+safetensors checkpoints (a local folder or a Hugging Face repo id).
+
+Both families are a Llama-style pre-norm stack (RMSNorm -> attention -> RMSNorm -> SwiGLU MLP) used as a
+*mask predictor*: the logits at position i predict the token at position i (no shift). They differ in
+a handful of switches, which live in `Config`:
+
+  family  attention                                  layout                      numerics
+  llada   bidirectional (+ key padding for batches)  MHA, no QK-norm, untied     q/k rotated in fp32
+  sdar    block-causal, blocks aligned to pos 0      Qwen3: GQA, q/k RMSNorm      rotation in the activation
+                                                     before RoPE, head_dim free   dtype; norm gain in fp32
+
+Mirrors: LLaDA's `modeling_llada.py` (GSAI-ML/LLaDA-8B-Instruct; the Oct-2025 revision for
+`attention_mask`), JetAstra/SDAR `training/model/SDAR-4B-Chat/modeling_sdar.py` (Qwen3 + block-causal
+masks), and Fast-dLLM's `llada/model/modeling_llada.py` for what a LLaDA KV cache must do.
+How it differs from those files:
+  - one forward serves everything that comes later: explicit `position_ids` (the official LLaDA file has
+    none), an exact KV cache (`KVCache`, written in place by slot, gpt-fast style), `inputs_embeds`
+    (RCD), the final post-norm hidden state (MRP) and an explicit attention mask (MRP verification,
+    Elastic-dLLM's anchor);
+  - the attention mask is derived from positions (block-causal: key block <= query block), so prefill,
+    cached block decoding and whole-sequence forwards share one rule;
+  - no global SDPA backend flags (the official LLaDA constructor flips them process-wide);
+  - padding is a boolean key mask instead of an additive finfo.min bias: same softmax weights.
+"""
+import json
+import os
+import re
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# -----------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class Config:
+    family: str = "llada"            # "llada" (bidirectional) or "sdar" (block-causal Qwen3 layout)
+    vocab_size: int = 126464         # rows of the embedding matrix (the padded vocabulary)
+    n_embd: int = 4096
+    n_layer: int = 32
+    n_head: int = 32
+    n_kv_head: int = 32              # < n_head means grouped-query attention
+    head_dim: int = 128              # independent of n_embd (SDAR-4B: 32 heads x 128 = 4096 > 2560)
+    intermediate_size: int = 12288
+    rope_theta: float = 500000.0
+    max_seq_len: int = 4096
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    qk_norm: bool = False            # SDAR: RMSNorm over head_dim on q and k, before RoPE
+    rope_fp32: bool = True           # LLaDA rotates q/k in fp32 (`rope_full_precision`); SDAR does not
+    norm_gain_fp32: bool = False     # SDAR's repo RMSNorm multiplies by the gain before casting back
+    block_size: int | None = None    # block-causal attention for plain calls; None = bidirectional
+    mask_token_id: int = 126336
+    eos_token_id: int = 126081
+    stop_ids: tuple = (126081, 126348)  # ids that end an answer (LLaDA: EOS, <|eot_id|>)
+
+
+PRESETS = {  # the real checkpoints' shapes; handy for benchmarks and for shrinking into tests
+    "llada-8b": Config(),
+    "sdar-1.7b": Config(family="sdar", vocab_size=151936, n_embd=2048, n_layer=28, n_head=16, n_kv_head=8,
+                        intermediate_size=6144, rope_theta=1e6, max_seq_len=32768, norm_eps=1e-6, qk_norm=True,
+                        rope_fp32=False, norm_gain_fp32=True, block_size=4, mask_token_id=151669,
+                        eos_token_id=151643, stop_ids=(151645, 151643)),
+}
+PRESETS["sdar-4b"] = Config(**{**PRESETS["sdar-1.7b"].__dict__, "n_embd": 2560, "n_layer": 36, "n_head": 32,
+                               "intermediate_size": 9728})
+PRESETS["sdar-8b"] = Config(**{**PRESETS["sdar-4b"].__dict__, "n_embd": 4096, "intermediate_size": 12288})
+
+# -----------------------------------------------------------------------------
+# Small functions: RMSNorm, RoPE, the attention rule
+
+
+def rms_norm(x, weight, eps, gain_fp32=False):
+    # Statistics in fp32 whatever the activation dtype. LLaDA (and HF Llama/Qwen3) cast back before the
+    # gain; SDAR's repo copy uses flash-attn's rms_norm_fn, which applies the gain in fp32 first.
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return (h * weight.float()).to(x.dtype) if gain_fp32 else weight * h.to(x.dtype)
+
+
+def rope_table(n, head_dim, theta):
+    """cos/sin for positions 0..n-1, [n, head_dim] each, built on the CPU in fp32 as LLaDA does (so the
+    tables are bit-identical wherever the model later runs). Layout: non-interleaved rotate-half."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+    angle = torch.outer(torch.arange(n, dtype=torch.float), inv_freq)  # (n, head_dim/2)
+    angle = torch.cat((angle, angle), dim=-1)                          # (n, head_dim)
+    return angle.cos(), angle.sin()
+
+
+def apply_rope(x, cos, sin, fp32):
+    # x: (B, H, T, D); cos/sin: (B, 1, T, D) in fp32
+    dtype = x.dtype
+    if fp32:
+        x = x.float()                                    # LLaDA: rotate in fp32, cast back after
+    else:
+        cos, sin = cos.to(dtype), sin.to(dtype)          # Qwen3/SDAR: rotate in the activation dtype
+    x1, x2 = x.chunk(2, dim=-1)
+    return (x * cos + torch.cat((-x2, x1), dim=-1) * sin).to(dtype)
+
+
+def attention_rule(q_pos, k_pos, k_valid, block_size):
+    """Which keys each query may see, from absolute positions: (B, 1, Tq, Tk) bool, or None for 'all'.
+    Block-causal (SDAR): key block <= query block, blocks of `block_size` counted from position 0, so
+    the same rule covers prefill, cached block decoding and whole-sequence forwards. Padding: keys with
+    k_valid False are hidden (LLaDA's Oct-2025 `attention_mask`)."""
+    allowed = None
+    if block_size:
+        allowed = (k_pos[:, None, :] // block_size) <= (q_pos[:, :, None] // block_size)  # (B, Tq, Tk)
+    if k_valid is not None and not bool(k_valid.all()):  # all-valid masks take the unmasked path, like LLaDA
+        allowed = k_valid[:, None, :] if allowed is None else allowed & k_valid[:, None, :]
+    if allowed is None:
+        return None
+    # A query with nothing to see (a pad row) would come out NaN and could leak through V at later layers;
+    # let it see everything instead. Its output is never read.
+    return (allowed | ~allowed.any(-1, keepdim=True))[:, None]
+
+
+class KVCache:
+    """Preallocated post-RoPE K/V for every layer, addressed by *slot* (gpt-fast style: written in place,
+    shapes never change). A forward over T tokens writes slots [start, start+T) and attends to slots
+    [0, end). That one operation is every cache the decoders need: SDAR's block step and its store-KV
+    pass (the same call; the last write of a block is the clean one), Fast-dLLM's prefix cache (write the
+    tail, attend to all) and dual cache (overwrite the block in place, attend to the stale suffix too).
+    `pos` and `valid` remember each slot's position and padding so masks can be derived for cached keys."""
+
+    def __init__(self, n_layer, batch, n_kv_head, length, head_dim, dtype, device):
+        self.k = torch.zeros(n_layer, batch, n_kv_head, length, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+        self.pos = torch.zeros(batch, length, dtype=torch.long, device=device)
+        self.valid = torch.ones(batch, length, dtype=torch.bool, device=device)
+
+    def __len__(self):
+        return self.k.shape[3]
+
+# -----------------------------------------------------------------------------
+# Modules. Names follow Hugging Face Llama/Qwen3, so SDAR's key map is the identity; LLaDA's is a rename.
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps, gain_fp32):
+        super().__init__()
+        self.weight, self.eps, self.gain_fp32 = nn.Parameter(torch.ones(dim)), eps, gain_fp32
+
+    def forward(self, x):
+        return rms_norm(x, self.weight, self.eps, self.gain_fp32)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.q_proj = nn.Linear(cfg.n_embd, cfg.n_head * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=False)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, cfg.norm_gain_fp32)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, cfg.norm_gain_fp32)
+
+    def forward(self, x, cos, sin, mask, kv=None):
+        B, T, _ = x.shape
+        cfg = self.cfg
+        q = self.q_proj(x).view(B, T, cfg.n_head, cfg.head_dim)
+        k = self.k_proj(x).view(B, T, cfg.n_kv_head, cfg.head_dim)
+        v = self.v_proj(x).view(B, T, cfg.n_kv_head, cfg.head_dim)
+        if cfg.qk_norm:  # per head, before RoPE (Qwen3)
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
+        q, k = apply_rope(q, cos, sin, cfg.rope_fp32), apply_rope(k, cos, sin, cfg.rope_fp32)
+        if kv is not None:  # write this chunk's K/V at its slots, then attend over slots [0, end)
+            k_buf, v_buf, start, end = kv
+            k_buf[:, :, start:start + T] = k
+            v_buf[:, :, start:start + T] = v
+            k, v = k_buf[:, :, :end], v_buf[:, :, :end]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=cfg.n_kv_head != cfg.n_head)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, cfg.n_head * cfg.head_dim))  # (B, T, H*D)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.n_embd, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.n_embd, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.n_embd, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
+
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.n_embd, cfg.norm_eps, cfg.norm_gain_fp32)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.n_embd, cfg.norm_eps, cfg.norm_gain_fp32)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, mask, kv=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = RMSNorm(cfg.n_embd, cfg.norm_eps, cfg.norm_gain_fp32)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self._rope = (torch.empty(0), torch.empty(0))  # grown on demand, see rope()
+
+    def init_weights(self, std=0.02):
+        """Fresh weights for training from scratch (train.py): N(0, std) matrices, unit norm gains."""
+        for name, p in self.named_parameters():
+            nn.init.ones_(p) if name.endswith("norm.weight") else nn.init.normal_(p, std=std)
+
+    def rope(self, position_ids):
+        cos, sin = self._rope
+        need = int(position_ids.max()) + 1
+        if len(cos) < need or cos.device != position_ids.device:
+            n = max(need, self.config.max_seq_len)
+            cos, sin = (t.to(position_ids.device) for t in rope_table(n, self.config.head_dim, self.config.rope_theta))
+            self._rope = (cos, sin)
+        return cos[position_ids][:, None], sin[position_ids][:, None]  # (B, 1, T, D)
+
+    def new_cache(self, batch, length):
+        cfg, w = self.config, self.lm_head.weight
+        return KVCache(cfg.n_layer, batch, cfg.n_kv_head, length, cfg.head_dim, w.dtype, w.device)
+
+    def forward(self, input_ids=None, attention_mask=None, *, inputs_embeds=None, position_ids=None,
+                cache=None, cache_start=0, kv_end=None, block_size=None, attn_mask=None, return_hidden=False):
+        """Logits (B, T, V) for `input_ids` (B, T), or for `inputs_embeds` (B, T, C) given instead.
+        attention_mask: (B, T) 1 = token, 0 = padding (keys hidden). position_ids: (B, T) or (T,) absolute
+        positions, default cache_start + 0..T-1. cache: a KVCache; this chunk is written at slots
+        [cache_start, cache_start+T) and attends to slots [0, kv_end) (default: up to its own end).
+        block_size: block-causal block length (default config.block_size; generation passes its own).
+        attn_mask: (B|1, 1, T, Tk) bool, replaces the derived rule. return_hidden: also return the final
+        post-norm hidden state (B, T, C)."""
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        B, T, _ = x.shape
+        if position_ids is None:
+            position_ids = torch.arange(cache_start, cache_start + T, device=x.device)
+        position_ids = position_ids.expand(B, T)
+        valid = None if attention_mask is None else attention_mask.bool()
+        kv = [None] * len(self.layers)
+        if cache is not None:
+            end = cache_start + T
+            kv_end = kv_end or end
+            if kv_end > len(cache) or end > kv_end:
+                raise ValueError(f"cache of {len(cache)} slots cannot take slots {cache_start}..{end} and attend to {kv_end}")
+            cache.pos[:, cache_start:end] = position_ids
+            cache.valid[:, cache_start:end] = True if valid is None else valid
+            k_pos, valid = cache.pos[:, :kv_end], cache.valid[:, :kv_end]
+            kv = [(cache.k[i], cache.v[i], cache_start, kv_end) for i in range(len(self.layers))]
+        else:
+            k_pos = position_ids
+        if attn_mask is None:
+            attn_mask = attention_rule(position_ids, k_pos, valid, block_size or self.config.block_size)
+        cos, sin = self.rope(position_ids)
+        for layer, layer_kv in zip(self.layers, kv):
+            x = layer(x, cos, sin, attn_mask, layer_kv)
+        h = self.norm(x)
+        logits = self.lm_head(h)  # logits stay in the activation dtype, as in both official files
+        return (logits, h) if return_hidden else logits
+
+# -----------------------------------------------------------------------------
+# Official config.json <-> Config
+
+LLADA_FIXED = {"block_type": "llama", "layer_norm_type": "rms", "activation_type": "silu", "rope": True,
+               "include_bias": False, "include_qkv_bias": False, "alibi": False, "attention_layer_norm": False,
+               "scale_logits": False, "input_emb_norm": False, "layer_norm_with_affine": True,
+               "bias_for_layer_norm": False}  # what LLaDA-8B uses; anything else we refuse rather than misread
+
+
+def config_from_hf(hf, where="config.json", stop_ids=()):
+    """Config from an official config.json (stop_ids: generation_config.json's eos ids, if any)."""
+    try:
+        return _config_from_hf(hf, where, stop_ids)
+    except KeyError as e:
+        raise ValueError(f"{where}: missing field {e}") from None
+
+
+def _config_from_hf(hf, where, stop_ids):
+    kind, eos = hf.get("model_type"), hf.get("eos_token_id")
+    stop = tuple(dict.fromkeys([*(eos if isinstance(eos, list) else [eos]), *stop_ids]))  # ordered, unique
+    if kind == "llada":
+        for key, want in LLADA_FIXED.items():
+            if hf.get(key, want) not in (want, None):
+                raise ValueError(f"{where}: LLaDA setting {key}={hf[key]!r} is not supported (need {want!r})")
+        d, nh, eos = hf["d_model"], hf["n_heads"], stop[0] if stop[0] is not None else 126081
+        return Config(family="llada", vocab_size=hf.get("embedding_size") or hf["vocab_size"], n_embd=d,
+                      n_layer=hf["n_layers"], n_head=nh, n_kv_head=hf.get("n_kv_heads") or nh, head_dim=d // nh,
+                      intermediate_size=hf.get("mlp_hidden_size") or hf.get("mlp_ratio", 4) * d,
+                      rope_theta=hf.get("rope_theta", 10000.0), max_seq_len=hf.get("max_sequence_length", 4096),
+                      norm_eps=hf.get("rms_norm_eps", 1e-5), tie_embeddings=bool(hf.get("weight_tying", False)),
+                      rope_fp32=bool(hf.get("rope_full_precision", True)), block_size=None,
+                      mask_token_id=hf.get("mask_token_id", 126336), eos_token_id=eos,
+                      stop_ids=(eos, hf.get("eot_token_id", 126348)))  # <|eot_id|> is a tokenizer id, not in config
+    if kind == "sdar":
+        for key in ("rope_scaling", "attention_bias", "use_sliding_window"):
+            if hf.get(key):
+                raise ValueError(f"{where}: SDAR setting {key}={hf[key]!r} is not supported")
+        if "block_size" not in hf:  # the Hugging Face original may lack it; SDAR-*-Chat are trained with 4
+            print(f"{where}: no block_size, using 4 for plain forwards (generation passes its own block length)")
+        stop = stop if stop[0] is not None else (151643,)
+        d, nh = hf["hidden_size"], hf["num_attention_heads"]
+        return Config(family="sdar", vocab_size=hf["vocab_size"], n_embd=d, n_layer=hf["num_hidden_layers"], n_head=nh,
+                      n_kv_head=hf.get("num_key_value_heads") or nh, head_dim=hf.get("head_dim") or d // nh,
+                      intermediate_size=hf["intermediate_size"], rope_theta=hf.get("rope_theta", 1e6),
+                      max_seq_len=hf.get("max_position_embeddings", 32768), norm_eps=hf.get("rms_norm_eps", 1e-6),
+                      tie_embeddings=bool(hf.get("tie_word_embeddings", False)), qk_norm=True, rope_fp32=False,
+                      norm_gain_fp32=True, block_size=hf.get("block_size", 4),
+                      mask_token_id=hf.get("mask_token_id", 151669), eos_token_id=stop[0], stop_ids=stop)
+    raise ValueError(f"{where}: unknown model_type {kind!r} (expected 'llada' or 'sdar')")
+
+
+def config_to_hf(cfg):
+    """The official config.json for a Config, so checkpoints we train also load in the official code."""
+    if cfg.family == "llada":
+        return {"model_type": "llada", "architectures": ["LLaDAModelLM"], **LLADA_FIXED, "d_model": cfg.n_embd,
+                "n_layers": cfg.n_layer, "n_heads": cfg.n_head, "n_kv_heads": cfg.n_kv_head,
+                "mlp_hidden_size": cfg.intermediate_size, "vocab_size": cfg.vocab_size, "embedding_size": cfg.vocab_size,
+                "rope_theta": cfg.rope_theta, "rope_full_precision": cfg.rope_fp32, "max_sequence_length": cfg.max_seq_len,
+                "rms_norm_eps": cfg.norm_eps, "weight_tying": cfg.tie_embeddings, "mask_token_id": cfg.mask_token_id,
+                "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.eos_token_id, "eot_token_id": cfg.stop_ids[-1],
+                "precision": "amp_bf16", "use_cache": False}
+    return {"model_type": "sdar", "architectures": ["SDARForCausalLM"], "hidden_size": cfg.n_embd,
+            "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_kv_head,
+            "head_dim": cfg.head_dim, "intermediate_size": cfg.intermediate_size, "hidden_act": "silu",
+            "vocab_size": cfg.vocab_size, "rope_theta": cfg.rope_theta, "max_position_embeddings": cfg.max_seq_len,
+            "rms_norm_eps": cfg.norm_eps, "tie_word_embeddings": cfg.tie_embeddings, "block_size": cfg.block_size,
+            "mask_token_id": cfg.mask_token_id, "eos_token_id": list(cfg.stop_ids), "torch_dtype": "bfloat16"}
+
+# -----------------------------------------------------------------------------
+# Official checkpoint key names -> ours ("{}" is the layer index)
+
+LLADA_KEYS = {
+    "model.transformer.wte.weight": "embed_tokens.weight",
+    "model.transformer.blocks.{}.attn_norm.weight": "layers.{}.input_layernorm.weight",
+    "model.transformer.blocks.{}.q_proj.weight": "layers.{}.self_attn.q_proj.weight",
+    "model.transformer.blocks.{}.k_proj.weight": "layers.{}.self_attn.k_proj.weight",
+    "model.transformer.blocks.{}.v_proj.weight": "layers.{}.self_attn.v_proj.weight",
+    "model.transformer.blocks.{}.attn_out.weight": "layers.{}.self_attn.o_proj.weight",
+    "model.transformer.blocks.{}.ff_norm.weight": "layers.{}.post_attention_layernorm.weight",
+    "model.transformer.blocks.{}.ff_proj.weight": "layers.{}.mlp.gate_proj.weight",  # ff_proj is the SwiGLU *gate*
+    "model.transformer.blocks.{}.up_proj.weight": "layers.{}.mlp.up_proj.weight",
+    "model.transformer.blocks.{}.ff_out.weight": "layers.{}.mlp.down_proj.weight",   # a block's ff_out: down
+    "model.transformer.ln_f.weight": "norm.weight",
+    "model.transformer.ff_out.weight": "lm_head.weight",                              # the top-level ff_out: head
+}
+SDAR_KEYS = {
+    "model.embed_tokens.weight": "embed_tokens.weight",
+    **{f"model.layers.{{}}.{name}.weight": f"layers.{{}}.{name}.weight" for name in (
+        "input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+        "self_attn.q_norm", "self_attn.k_norm", "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj",
+        "mlp.down_proj")},
+    "model.norm.weight": "norm.weight",
+    "lm_head.weight": "lm_head.weight",
+}
+KEY_MAPS = {"llada": LLADA_KEYS, "sdar": SDAR_KEYS}
+
+
+def rename(key, table):
+    """Map one key through a table with '{}' layer wildcards; None if the table has no such key."""
+    for src, dst in table.items():
+        m = re.fullmatch(re.escape(src).replace(r"\{\}", r"(\d+)"), key)
+        if m:
+            return dst.format(*m.groups())
+    return None
+
+# -----------------------------------------------------------------------------
+# Loading and saving
+
+
+def resolve(name_or_path):
+    """A local folder, or a Hugging Face repo id fetched (or found in the cache when offline)."""
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    if os.path.exists(name_or_path) or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
+        raise FileNotFoundError(f"{name_or_path}: no such folder (and not a Hugging Face repo id 'owner/name')")
+    from huggingface_hub import snapshot_download
+    patterns = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
+                "tokenizer*", "special_tokens_map.json", "vocab.json", "merges.txt", "*.jinja"]
+    try:
+        return snapshot_download(name_or_path, allow_patterns=patterns)
+    except Exception as online_error:  # offline or unreachable: fall back to the local cache
+        try:
+            return snapshot_download(name_or_path, allow_patterns=patterns, local_files_only=True)
+        except Exception:
+            raise FileNotFoundError(f"{name_or_path}: not a local folder, and the Hugging Face download failed "
+                                    f"({type(online_error).__name__}: {str(online_error)[:200]})") from None
+
+
+def read_json(path, required=True):
+    if not os.path.isfile(path):
+        if required:
+            raise FileNotFoundError(f"{os.path.dirname(path) or '.'}: no {os.path.basename(path)}")
+        return {}
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def checkpoint_files(folder):
+    """{checkpoint key: shard path}: from model.safetensors.index.json if present, else model.safetensors."""
+    from safetensors import safe_open
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            weight_map = json.load(f)["weight_map"]
+        shards = {s: os.path.join(folder, s) for s in set(weight_map.values())}
+    elif os.path.isfile(os.path.join(folder, "model.safetensors")):
+        shards, weight_map = {"model.safetensors": os.path.join(folder, "model.safetensors")}, None
+    else:
+        raise FileNotFoundError(f"{folder}: no model.safetensors or model.safetensors.index.json")
+    where = {}
+    for shard, path in sorted(shards.items()):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: shard named in the index is missing")
+        try:
+            with safe_open(path, "pt") as f:
+                where.update({k: path for k in f.keys()})
+        except Exception as e:  # truncated or not a safetensors file
+            raise ValueError(f"{path}: unreadable safetensors file ({e})") from None
+    if weight_map is not None:
+        lost = sorted(k for k, s in weight_map.items() if where.get(k) != shards[s])
+        if lost:
+            raise ValueError(f"{index}: {len(lost)} keys are not in the shards named for them, e.g. {lost[:3]}")
+    return where
+
+
+def from_pretrained(name_or_path, device=None, dtype=None):
+    """Load an official LLaDA or SDAR checkpoint (folder or repo id). Default device: CUDA if available;
+    default dtype: the checkpoint's on CUDA, float32 on CPU. Every expected key must be present with the
+    right shape and nothing may be left over. The model is built on the meta device and the tensors are
+    assigned one at a time (safetensors maps the files copy-on-write), so no second copy is ever made."""
+    from safetensors import safe_open
+    folder = resolve(name_or_path)
+    gen = read_json(os.path.join(folder, "generation_config.json"), required=False).get("eos_token_id", [])
+    cfg = config_from_hf(read_json(os.path.join(folder, "config.json")), os.path.join(folder, "config.json"),
+                         gen if isinstance(gen, list) else [gen])
+    where = checkpoint_files(folder)
+    ours = {k: rename(k, KEY_MAPS[cfg.family]) for k in where}
+    if "lm_head.weight" not in ours.values() and not cfg.tie_embeddings:
+        print(f"{folder}: the checkpoint has no LM head, so it is tied to the input embedding")
+        cfg.tie_embeddings = True
+    if cfg.tie_embeddings:  # a tied head *is* the embedding; a saved copy is ignored, as Hugging Face does
+        ours = {k: v for k, v in ours.items() if v != "lm_head.weight"}
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items() if not (cfg.tie_embeddings and k == "lm_head.weight")}
+    unknown = sorted(k for k, v in ours.items() if v not in want)
+    missing = sorted(set(want) - set(ours.values()))
+    if unknown or missing:
+        raise KeyError(f"{folder}: not a {cfg.family} checkpoint of this config: unknown keys {unknown[:4]}"
+                       f"{'...' if len(unknown) > 4 else ''}, missing keys {missing[:4]}{'...' if len(missing) > 4 else ''}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dtype is None:
+        with safe_open(next(iter(where.values())), "pt") as f:
+            stored = f.get_slice(next(iter(f.keys()))).get_dtype()  # e.g. "BF16"
+        dtype = {"BF16": torch.bfloat16, "F16": torch.float16}.get(stored, torch.float32) if device.type == "cuda" \
+            else torch.float32
+        print(f"model: {cfg.family} on {device} in {dtype} "
+              f"({'the checkpoint dtype' if device.type == 'cuda' else 'float32 on the CPU'})")
+    state = {}
+    for path in sorted(set(where.values())):
+        with safe_open(path, "pt") as f:
+            for key in (k for k in f.keys() if k in ours):
+                shape = tuple(f.get_slice(key).get_shape())
+                if shape != want[ours[key]]:
+                    raise ValueError(f"{path}: {key} has shape {list(shape)}, expected {list(want[ours[key]])}")
+                state[ours[key]] = f.get_tensor(key).to(device=device, dtype=dtype)
+    if cfg.tie_embeddings:
+        state["lm_head.weight"] = state["embed_tokens.weight"]
+    model.load_state_dict(state, strict=True, assign=True)
+    if cfg.tie_embeddings:  # load_state_dict(assign=True) makes two Parameters; make them one again
+        model.lm_head.weight = model.embed_tokens.weight
+    return model.eval()
+
+
+def save_pretrained(model, folder, max_shard_bytes=None):
+    """Write config.json and model.safetensors (or shards + index) in the official format and key names.
+    Each file is written to a temporary name and renamed, so an interrupted save never leaves a torn file."""
+    from safetensors.torch import save_file
+    cfg = model.config
+    inverse = {v: k for k, v in KEY_MAPS[cfg.family].items()}
+    state = {}
+    for name, t in model.state_dict().items():
+        if name == "lm_head.weight" and cfg.tie_embeddings:
+            continue
+        m = re.fullmatch(r"layers\.(\d+)\.(.*)", name)
+        src = inverse[f"layers.{{}}.{m.group(2)}"].format(m.group(1)) if m else inverse[name]
+        state[src] = t.detach().contiguous()
+    shards = [[]]
+    for key in state:  # fill shards in order up to max_shard_bytes
+        size = sum(state[k].nbytes for k in shards[-1])
+        if max_shard_bytes and shards[-1] and size + state[key].nbytes > max_shard_bytes:
+            shards.append([])
+        shards[-1].append(key)
+    os.makedirs(folder, exist_ok=True)
+
+    def write(name, fn):
+        tmp = os.path.join(folder, name + ".tmp")
+        fn(tmp)
+        os.replace(tmp, os.path.join(folder, name))
+    names = ["model.safetensors"] if len(shards) == 1 else \
+        [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for name, keys in zip(names, shards):
+        write(name, lambda p, keys=keys: save_file({k: state[k] for k in keys}, p, metadata={"format": "pt"}))
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": sum(t.nbytes for t in state.values())},
+                 "weight_map": {k: n for n, keys in zip(names, shards) for k in keys}}
+        write("model.safetensors.index.json", lambda p: json.dump(index, open(p, "w"), indent=2))
+    write("config.json", lambda p: json.dump(config_to_hf(cfg), open(p, "w"), indent=2))
+
+
+if __name__ == "__main__":
+    import argparse
+    ap = argparse.ArgumentParser(description="Load a LLaDA/SDAR checkpoint, run one forward, print shapes.")
+    ap.add_argument("model", help="local folder or Hugging Face repo id, e.g. GSAI-ML/LLaDA-8B-Instruct")
+    ap.add_argument("--device", default=None, help="cuda / cpu / mps (default: cuda if available)")
+    ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                    help="default: the checkpoint's dtype on CUDA, float32 on CPU")
+    args = ap.parse_args()
+    m = from_pretrained(args.model, args.device, getattr(torch, args.dtype) if args.dtype else None)
+    n = sum(p.numel() for p in m.parameters())
+    ids = torch.tensor([[m.config.mask_token_id] * 8], device=m.lm_head.weight.device)
+    with torch.no_grad():
+        logits, h = m(ids, return_hidden=True)
+    print(f"{m.config.family}: {n:,} parameters; logits {tuple(logits.shape)}, hidden {tuple(h.shape)}")

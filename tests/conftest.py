@@ -1,0 +1,85 @@
+"""Shared test helpers: the repository root on sys.path (flat scripts, no package), and tiny checkpoints
+written in the *official* on-disk formats with hand-written key names (deliberately not model.py's key
+map, so a wrong map fails the tests)."""
+import json
+import os
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def llada_official(d=32, heads=4, layers=2, mlp=48, vocab=96, tied=False, seed=0):
+    """(config.json dict, {official key: tensor}) for a tiny LLaDA-8B-shaped checkpoint."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: (torch.randn(*s, generator=g) * 0.3).to(torch.bfloat16)
+    cfg = {"model_type": "llada", "architectures": ["LLaDAModelLM"], "d_model": d, "n_heads": heads, "n_kv_heads": heads,
+           "n_layers": layers, "mlp_hidden_size": mlp, "mlp_ratio": 4, "vocab_size": vocab, "embedding_size": vocab,
+           "rope_theta": 500000.0, "rope_full_precision": True, "max_sequence_length": 128, "rms_norm_eps": 1e-5,
+           "weight_tying": tied, "mask_token_id": vocab - 1, "eos_token_id": vocab - 2, "pad_token_id": vocab - 2,
+           "block_type": "llama", "activation_type": "silu", "layer_norm_type": "rms", "include_bias": False,
+           "rope": True, "alibi": False, "attention_layer_norm": False}
+    sd = {"model.transformer.wte.weight": r(vocab, d), "model.transformer.ln_f.weight": 1 + r(d)}
+    if not tied:
+        sd["model.transformer.ff_out.weight"] = r(vocab, d)
+    for i in range(layers):
+        p = f"model.transformer.blocks.{i}."
+        sd.update({p + "attn_norm.weight": 1 + r(d), p + "ff_norm.weight": 1 + r(d), p + "q_proj.weight": r(d, d),
+                   p + "k_proj.weight": r(d, d), p + "v_proj.weight": r(d, d), p + "attn_out.weight": r(d, d),
+                   p + "ff_proj.weight": r(mlp, d), p + "up_proj.weight": r(mlp, d), p + "ff_out.weight": r(d, mlp)})
+    return cfg, sd
+
+
+def sdar_official(d=48, heads=4, kv_heads=2, head_dim=16, layers=2, mlp=64, vocab=80, tied=False, block_size=4, seed=0):
+    """(config.json dict, {official key: tensor}) for a tiny SDAR (Qwen3 layout) checkpoint with GQA."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: (torch.randn(*s, generator=g) * 0.3).to(torch.bfloat16)
+    cfg = {"model_type": "sdar", "architectures": ["SDARForCausalLM"], "hidden_size": d, "num_attention_heads": heads,
+           "num_key_value_heads": kv_heads, "head_dim": head_dim, "num_hidden_layers": layers, "intermediate_size": mlp,
+           "vocab_size": vocab, "rope_theta": 1000000, "rms_norm_eps": 1e-6, "max_position_embeddings": 512,
+           "tie_word_embeddings": tied, "block_size": block_size, "mask_token_id": vocab - 1, "eos_token_id": vocab - 2,
+           "rope_scaling": None, "attention_bias": False, "hidden_act": "silu"}
+    sd = {"model.embed_tokens.weight": r(vocab, d), "model.norm.weight": 1 + r(d)}
+    if not tied:
+        sd["lm_head.weight"] = r(vocab, d)
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        sd.update({p + "input_layernorm.weight": 1 + r(d), p + "post_attention_layernorm.weight": 1 + r(d),
+                   p + "self_attn.q_proj.weight": r(heads * head_dim, d), p + "self_attn.k_proj.weight": r(kv_heads * head_dim, d),
+                   p + "self_attn.v_proj.weight": r(kv_heads * head_dim, d), p + "self_attn.o_proj.weight": r(d, heads * head_dim),
+                   p + "self_attn.q_norm.weight": 1 + r(head_dim), p + "self_attn.k_norm.weight": 1 + r(head_dim),
+                   p + "mlp.gate_proj.weight": r(mlp, d), p + "mlp.up_proj.weight": r(mlp, d), p + "mlp.down_proj.weight": r(d, mlp)})
+    return cfg, sd
+
+
+def write_checkpoint(folder, cfg, sd, shards=1):
+    """Write config.json and model.safetensors, or `shards` files plus model.safetensors.index.json."""
+    os.makedirs(folder, exist_ok=True)
+    json.dump(cfg, open(os.path.join(folder, "config.json"), "w"))
+    keys = list(sd)
+    if shards == 1:
+        save_file(sd, os.path.join(folder, "model.safetensors"))
+        return folder
+    weight_map = {}
+    for i in range(shards):
+        name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        part = {k: sd[k] for k in keys[i::shards]}
+        save_file(part, os.path.join(folder, name))
+        weight_map.update({k: name for k in part})
+    json.dump({"metadata": {"total_size": sum(t.nbytes for t in sd.values())}, "weight_map": weight_map},
+              open(os.path.join(folder, "model.safetensors.index.json"), "w"))
+    return folder
+
+
+@pytest.fixture
+def llada_dir(tmp_path):
+    return write_checkpoint(str(tmp_path / "llada"), *llada_official())
+
+
+@pytest.fixture
+def sdar_dir(tmp_path):
+    return write_checkpoint(str(tmp_path / "sdar"), *sdar_official())
