@@ -1,0 +1,190 @@
+"""decode.py: the shared pieces against hand-computed cases, and the decoders' properties: batching does
+not change results, SDAR's cache is exact, per-sample stopping, determinism, and clear argument errors.
+Token-for-token parity with the official implementations is ../shared/parity/check.py's job (CI runs it)."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import decode as D
+import model as M
+from conftest import ROOT, llada_official, sdar_official, write_checkpoint
+
+
+@pytest.fixture(scope="module")
+def llada(tmp_path_factory):
+    cfg, sd = llada_official(vocab=96)
+    return M.from_pretrained(write_checkpoint(str(tmp_path_factory.mktemp("l")), cfg, sd), device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def sdar(tmp_path_factory):
+    cfg, sd = sdar_official(vocab=80)
+    return M.from_pretrained(write_checkpoint(str(tmp_path_factory.mktemp("s")), cfg, sd), device="cpu", dtype=torch.float32)
+
+
+def test_schedule_spreads_the_remainder_over_the_first_steps():
+    k = D.get_num_transfer_tokens(torch.tensor([[True] * 10 + [False] * 3, [True] * 6 + [False] * 7]), 6)
+    assert k.tolist() == [[2, 2, 2, 2, 1, 1], [1, 1, 1, 1, 1, 1]]
+
+
+def test_gumbel_noise_is_identity_at_zero_and_samples_the_softmax():
+    logits = torch.tensor([[0.0, 1.0, 2.0]])
+    assert D.add_gumbel_noise(logits, 0.0) is logits
+    torch.manual_seed(0)
+    draws = D.add_gumbel_noise(logits.expand(20000, 3), 1.0).argmax(-1)
+    freq = torch.bincount(draws, minlength=3) / 20000
+    assert (freq - torch.softmax(logits[0], -1)).abs().max() < 0.02
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_eos_flags_follow_the_official_chained_assignment(temperature):
+    """decoding.md 2.5: which of EOS (id 1) / EoT (id 2) end up with confidence 0."""
+    eos, eot = 1, 2
+    logits = torch.tensor([[[0.0, 9.0, 0.0, 0.0], [0.0, 0.0, 9.0, 0.0], [0.0, 0.0, 0.0, 9.0]]])  # x0: EOS, EoT, 3
+    mask, x = torch.ones(1, 3, dtype=torch.bool), torch.zeros(1, 3, dtype=torch.long)
+
+    def conf(**flags):
+        torch.manual_seed(0)
+        x0, c = D.propose(logits.clone(), x, mask, temperature, "low_confidence", torch.float32, eos, eot, **flags)
+        return x0[0].tolist(), c[0].tolist()
+    x0, c = conf()
+    assert all(v > 0.9 for v in c)
+    x0, c = conf(logits_eos_inf=True)
+    assert x0[0] != eos and c[0] < 0.9  # EOS never proposed
+    x0, c = conf(confidence_eos_eot_inf=True)
+    if temperature == 0:
+        assert x0 == [eos, eot, 3] and c[0] == 0 and c[1] == 0 and c[2] > 0.9
+    else:  # the EOS write lands on a separate float64 tensor: only EoT loses its confidence
+        assert c[0] > 0 and c[1] == 0 and c[2] > 0
+
+
+def test_commit_rules():
+    inf = float("-inf")
+    conf = torch.tensor([[0.2, 0.95, inf, 0.91, 0.5], [0.3, 0.1, inf, inf, 0.2]])
+    assert D.commit_topk(conf, [2, 1]).tolist() == [[0, 1, 0, 1, 0], [1, 0, 0, 0, 0]]
+    # Fast-dLLM: >= threshold, and always the best mask even below it
+    assert D.commit_threshold(conf, 0.91).tolist() == [[0, 1, 0, 1, 0], [1, 0, 0, 0, 0]]
+    # SDAR: strictly above threshold if at least quota of them, else top quota
+    assert D.commit_dynamic(conf, 0.9, 2).tolist() == [[0, 1, 0, 1, 0], [1, 0, 0, 0, 1]]
+    assert D.commit_dynamic(conf, 0.91, 2).tolist() == [[0, 1, 0, 1, 0], [1, 0, 0, 0, 1]]  # 0.91 not > 0.91
+    assert D.commit_dynamic(conf, 0.91, 1).tolist() == [[0, 1, 0, 0, 0], [1, 0, 0, 0, 0]]
+
+
+def test_sample_tokens_top_k_and_top_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    x0, p = D.sample_tokens(logits)
+    assert x0.item() == 0 and abs(p.item() - 0.5) < 1e-6
+    torch.manual_seed(0)
+    draws = torch.stack([D.sample_tokens(logits, 1.0, top_k=2)[0] for _ in range(300)])
+    assert set(draws.flatten().tolist()) == {0, 1}
+    draws = torch.stack([D.sample_tokens(logits, 1.0, top_p=0.7)[0] for _ in range(300)])
+    assert set(draws.flatten().tolist()) == {0, 1}  # 0.5 < 0.7 needs the second token, not the third
+    _, p = D.sample_tokens(logits, 1.0, top_k=1)
+    assert abs(p.item() - 0.5) < 1e-6  # confidence from the unfiltered softmax
+
+
+def test_llada_commits_exactly_the_schedule(llada):
+    seen = []
+    x, stats = D.generate(llada, torch.arange(5), steps=12, gen_length=16, block_length=8,
+                          on_step=lambda x: seen.append(int((x == 95).sum())))
+    # 8 masks over 6 steps per block: 2, 2, 1, 1, 1, 1
+    assert [16 - s for s in seen] == [2, 4, 5, 6, 7, 8, 10, 12, 13, 14, 15, 16]
+    assert stats["nfe"] == 12 and (x == 95).sum() == 0
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(threshold=0.05), dict(cache="prefix"), dict(cache="dual", threshold=0.05),
+                                dict(cfg_scale=1.0), dict(cache="dual", cfg_scale=0.5)])
+def test_llada_batch_equals_one_by_one(llada, kw):
+    prompts = torch.randint(0, 90, (3, 6))
+    x, stats = D.generate(llada, prompts, steps=16, gen_length=16, block_length=8, **kw)
+    for r in range(3):
+        xr, sr = D.generate(llada, prompts[r], steps=16, gen_length=16, block_length=8, **kw)
+        assert torch.equal(x[r], xr[0]) and stats["nfe_per_sample"][r] == sr["nfe"]
+
+
+def test_llada_ragged_batch_is_left_padded(llada):
+    short, long = [7, 8, 9], [1, 2, 3, 4, 5, 6]
+    x, stats = D.generate(llada, [short, long], steps=8, gen_length=8, block_length=8)
+    assert x[0, :3].tolist() == [llada.config.eos_token_id] * 3 and x[0, 3:6].tolist() == short
+    alone, _ = D.generate(llada, torch.tensor([[94, 94, 94] + short]), steps=8, gen_length=8, block_length=8,
+                          attention_mask=torch.tensor([[0, 0, 0, 1, 1, 1]]))
+    assert torch.equal(x[0], alone[0]) and stats["gen_start"] == [6, 6]
+
+
+def test_threshold_decoding_commits_several_tokens_per_step(llada):
+    _, slow = D.generate(llada, torch.arange(4), steps=32, gen_length=32, block_length=32)
+    _, fast = D.generate(llada, torch.arange(4), gen_length=32, block_length=32, threshold=0.02)
+    assert slow["nfe"] == 32 and fast["nfe"] < 32
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(threshold=0.3), dict(remasking="sequential"), dict(denoising_steps=2)])
+def test_sdar_cache_is_exact(sdar, kw):
+    prompt = torch.randint(0, 75, (6,))
+    a, sa = D.block_generate(sdar, prompt, gen_length=16, block_length=4, stop_ids=[], **kw)
+    b, sb = D.block_generate(sdar, prompt, gen_length=16, block_length=4, stop_ids=[], use_cache=False, **kw)
+    assert torch.equal(a, b) and sa["nfe"] == sb["nfe"]
+    assert sa["prefill_forwards"] == 1 and sa["store_forwards"] == 5 and sb["store_forwards"] == 0
+
+
+def test_sdar_ragged_batch_equals_one_by_one_with_per_sample_stopping(sdar):
+    prompts = [torch.randint(0, 75, (n,)) for n in (3, 9, 6)]
+    solo = [D.block_generate(sdar, p, gen_length=20, block_length=4, stop_ids=[]) for p in prompts]
+    stop = solo[1][0][0, 9 + 4].item()  # a token sample 1 writes in its second generated block
+    solo = [D.block_generate(sdar, p, gen_length=20, block_length=4, stop_ids=[stop]) for p in prompts]
+    x, stats = D.block_generate(sdar, prompts, gen_length=20, block_length=4, stop_ids=[stop])
+    for r, (xr, sr) in enumerate(solo):
+        s, n = stats["gen_start"][r], len(prompts[r])
+        assert x[r, s - n:s + 20].tolist() == xr[0, :n + 20].tolist()
+        assert stats["gen_tokens"][r] == sr["gen_tokens"][0] and stats["nfe_per_sample"][r] == sr["nfe"]
+    assert (solo[1][0] == sdar.config.mask_token_id).any()  # sample 1 stopped early: later blocks stay [MASK]
+
+
+def test_sampling_is_seeded_and_greedy_ignores_the_seed(sdar, llada):
+    p = torch.arange(1, 7)
+    runs = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        runs.append(D.block_generate(sdar, p, gen_length=12, temperature=1.0, stop_ids=[])[0])
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+    torch.manual_seed(0)
+    g0 = D.generate(llada, p, steps=8, gen_length=8, block_length=8, remasking="random", temperature=0.5)[0]
+    torch.manual_seed(0)
+    assert torch.equal(g0, D.generate(llada, p, steps=8, gen_length=8, block_length=8, remasking="random", temperature=0.5)[0])
+    torch.manual_seed(1)
+    a = D.generate(llada, p, steps=8, gen_length=8, block_length=8)[0]
+    torch.manual_seed(2)
+    assert torch.equal(a, D.generate(llada, p, steps=8, gen_length=8, block_length=8)[0])
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda m: D.generate(m, [1, 2], gen_length=20, block_length=8), "gen_length (20) must be a positive multiple of block_length (8)"),
+    (lambda m: D.generate(m, [1, 2], steps=5, gen_length=16, block_length=8), "steps (5) must be a positive multiple of the number of blocks (2)"),
+    (lambda m: D.generate(m, [1, 95], steps=8, gen_length=8, block_length=8), "contains the mask id 95"),
+    (lambda m: D.generate(m, [1, 2], steps=8, gen_length=8, block_length=8, remasking="best"), "remasking 'best'"),
+    (lambda m: D.generate(m, [1, 2], steps=8, gen_length=8, block_length=8, cache="full"), "cache 'full'"),
+    (lambda m: D.generate(m, [1, 2], gen_length=8, block_length=8, threshold=1.5), "threshold 1.5 must be in (0, 1]"),
+    (lambda m: D.generate(m, list(range(1, 90)) * 2, steps=64, gen_length=64, block_length=64), "exceed the model's maximum of 128"),
+    (lambda m: D.generate(m, [], steps=8, gen_length=8, block_length=8), "prompt: empty"),
+])
+def test_llada_bad_arguments(llada, call, words):
+    with pytest.raises(ValueError) as e:
+        call(llada)
+    assert words in str(e.value)
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(denoising_steps=5), "0 < denoising_steps (5) <= block_length (4)"),
+    (dict(threshold=0.0), "threshold 0.0 must be in (0, 1]"),
+    (dict(remasking="random"), "remasking 'random'"),
+])
+def test_sdar_bad_arguments(sdar, kw, words):
+    with pytest.raises(ValueError) as e:
+        D.block_generate(sdar, [1, 2, 3], gen_length=8, **kw)
+    assert words in str(e.value)
+
+
+def test_cli_help():
+    out = subprocess.run([sys.executable, "decode.py", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and "--threshold" in out.stdout and "--show" in out.stdout
