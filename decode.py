@@ -169,8 +169,9 @@ def generate(model, prompt, steps=128, gen_length=128, block_length=128, tempera
     The canvas is [prompt | gen_length x MASK]; blocks of block_length are counted from the end of the
     prompt and decoded left to right, `steps` in total (steps // blocks per block), or until the block is
     full under a threshold. Ragged prompts are left-padded with EOS and masked (attention_mask).
-    feed(x, lo, hi) -> sorted canvas columns a forward sees while block [lo, hi) is decoded (default all);
-    the caches then feed sub-spans of those columns. Greedy at temperature 0."""
+    feed(x, lo, hi, start) -> sorted canvas columns a forward sees while block [lo, hi) is decoded (default
+    all; start = the first generated column); the caches then feed sub-spans of those columns. Greedy at
+    temperature 0."""
     t0, cfg = time.time(), model.config
     mask_id = cfg.mask_token_id if mask_id is None else mask_id
     eos_id, eot_id = cfg.eos_token_id, cfg.stop_ids[-1]  # LLaDA: stop_ids = (EOS, <|eot_id|>)
@@ -218,7 +219,7 @@ def generate(model, prompt, steps=128, gen_length=128, block_length=128, tempera
 
     for b in range(num_blocks):
         lo, hi = P + b * block_length, P + (b + 1) * block_length
-        cols = feed(x, lo, hi) if feed else torch.arange(T, device=device)
+        cols = feed(x, lo, hi, P) if feed else torch.arange(T, device=device)
         a, e = int(torch.searchsorted(cols, lo)), int(torch.searchsorted(cols, hi))  # the block within cols
         num_transfer_tokens = get_num_transfer_tokens(x[:, lo:hi] == mask_id, steps // num_blocks if threshold is None else 1)
         for i in range(steps // num_blocks if threshold is None else block_length):
@@ -281,19 +282,22 @@ def block_logits(st, lo, hi, return_hidden=False):
 
 def store_block(st, lo, hi):
     """SDAR's store-KV pass: forward the finished (or prompt) blocks once more so the cache holds their
-    clean K/V. Not counted in nfe: its logits decide nothing. Nothing to do without a cache."""
+    clean K/V. Not counted in nfe: its logits decide nothing. Returns (logits, hidden) of that forward
+    (MRP writes its own cache from the hidden state); nothing to do, and None, without a cache."""
     if st.cache is not None:
-        block_logits(st, lo, hi)
         st.stats["store_forwards" if lo else "prefill_forwards"] += 1
+        return block_logits(st, lo, hi, return_hidden=True)
 
 
-def block_confidence(st, logits, lo, hi):
-    """x0 and confidence for block [lo, hi): -inf off the masks (and for stopped samples)."""
-    mask_index = (st.x[:, lo:hi] == st.model.config.mask_token_id) & st.active[:, None]
+def block_confidence(st, logits, lo, hi, state=None):
+    """x0 and confidence for block [lo, hi) (or for another `state` of it, as MRP's drafts need): -inf off
+    the masks and for stopped samples."""
+    state = st.x[:, lo:hi] if state is None else state
+    mask_index = (state == st.model.config.mask_token_id) & st.active[:, None]
     x0, x0_p = sample_tokens(logits, st.temperature, st.top_k, st.top_p)
     if st.remasking == "sequential":  # leftmost masks first
         x0_p = -torch.arange(hi - lo, device=x0.device, dtype=torch.float).expand_as(x0_p)
-    return torch.where(mask_index, x0, st.x[:, lo:hi]), torch.where(mask_index, x0_p, -torch.inf)
+    return torch.where(mask_index, x0, state), torch.where(mask_index, x0_p, -torch.inf)
 
 
 def denoise_block(st, lo, hi):
@@ -316,13 +320,14 @@ def denoise_block(st, lo, hi):
 @torch.no_grad()
 def block_generate(model, prompt, gen_length=128, block_length=4, denoising_steps=4, threshold=1.0, temperature=0.0,
                    top_k=0, top_p=1.0, remasking="low_confidence", stop_ids=None, mask_id=None, use_cache=True,
-                   forward=model_forward, denoise=denoise_block, store=store_block, on_step=None):
+                   forward=model_forward, denoise=denoise_block, store=store_block, on_step=None, cache_spare=0):
     """SDAR block diffusion (the evaluation sampler behind the published numbers). Blocks of block_length are
     aligned to absolute position 0, so the whole-block part of the prompt is prefilled into the KV cache
     and the first decoded block may still hold the prompt's tail. Each block takes up to denoising_steps
     forwards; a sample stops after a block once a stop id appears in its generated region (later blocks
     stay [MASK]). Batches: each prompt keeps its own position 0 and is shifted right by whole blocks so
-    that every sample's first decoding block is the same canvas block; padding is masked out."""
+    that every sample's first decoding block is the same canvas block; padding is masked out.
+    cache_spare: extra KV-cache slots after the canvas (MRP's verification forward packs candidates there)."""
     t0, cfg = time.time(), model.config
     mask_id = cfg.mask_token_id if mask_id is None else mask_id
     stop_ids = set(cfg.stop_ids if stop_ids is None else stop_ids)
@@ -345,7 +350,7 @@ def block_generate(model, prompt, gen_length=128, block_length=4, denoising_step
     valid = torch.zeros(B, T, dtype=torch.bool, device=device)
     for r, (s, p, end) in enumerate(zip(shift, rows, ends)):
         x[r, :s], x[r, s:s + len(p)], x[r, end:], valid[r, s:end] = cfg.eos_token_id, p, cfg.eos_token_id, True
-    st = BlockState(model, x, pos, valid, torch.ones(B, dtype=torch.bool, device=device), model.new_cache(B, T) if use_cache else None,
+    st = BlockState(model, x, pos, valid, torch.ones(B, dtype=torch.bool, device=device), model.new_cache(B, T + cache_spare) if use_cache else None,
                     L, get_num_transfer_tokens(torch.ones(1, L), denoising_steps)[0].tolist(), threshold, temperature,
                     top_k, top_p, remasking, forward, on_step, nfe_rows=torch.zeros(B, dtype=torch.long))
     if c0:

@@ -27,7 +27,7 @@ How it differs from those files:
 import json
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -60,16 +60,13 @@ class Config:
     stop_ids: tuple = (126081, 126348)  # ids that end an answer (LLaDA: EOS, <|eot_id|>)
 
 
-PRESETS = {  # the real checkpoints' shapes; handy for benchmarks and for shrinking into tests
-    "llada-8b": Config(),
-    "sdar-1.7b": Config(family="sdar", vocab_size=151936, n_embd=2048, n_layer=28, n_head=16, n_kv_head=8,
-                        intermediate_size=6144, rope_theta=1e6, max_seq_len=32768, norm_eps=1e-6, qk_norm=True,
-                        rope_fp32=False, norm_gain_fp32=True, block_size=4, mask_token_id=151669,
-                        eos_token_id=151643, stop_ids=(151645, 151643)),
+SDAR = Config(family="sdar", vocab_size=151936, n_embd=4096, n_layer=36, n_head=32, n_kv_head=8, rope_theta=1e6,
+              max_seq_len=32768, norm_eps=1e-6, qk_norm=True, rope_fp32=False, norm_gain_fp32=True, block_size=4,
+              mask_token_id=151669, eos_token_id=151643, stop_ids=(151645, 151643))
+PRESETS = {  # the real checkpoints' shapes (models.md 1.1, 2.1); handy for benchmarks and shrinking into tests
+    "llada-8b": Config(), "sdar-8b": SDAR, "sdar-4b": replace(SDAR, n_embd=2560, intermediate_size=9728),
+    "sdar-1.7b": replace(SDAR, n_embd=2048, n_layer=28, n_head=16, intermediate_size=6144),
 }
-PRESETS["sdar-4b"] = Config(**{**PRESETS["sdar-1.7b"].__dict__, "n_embd": 2560, "n_layer": 36, "n_head": 32,
-                               "intermediate_size": 9728})
-PRESETS["sdar-8b"] = Config(**{**PRESETS["sdar-4b"].__dict__, "n_embd": 4096, "intermediate_size": 12288})
 
 # -----------------------------------------------------------------------------
 # Small functions: RMSNorm, RoPE, the attention rule
@@ -205,6 +202,35 @@ class Block(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+def run_layers(layers, rope, x, attention_mask=None, position_ids=None, cache=None, cache_start=0, kv_end=None,
+               block_size=None, attn_mask=None):
+    """The blocks of a forward, with its bookkeeping: positions, KV-cache slots and the attention rule.
+    Shared by Transformer.forward and MRP's decoder layers (mrp.py), which keep a KV cache of their own."""
+    B, T, _ = x.shape
+    if position_ids is None:
+        position_ids = torch.arange(cache_start, cache_start + T, device=x.device)
+    position_ids = position_ids.expand(B, T)
+    valid = None if attention_mask is None else attention_mask.bool()
+    kv = [None] * len(layers)
+    if cache is not None:
+        end = cache_start + T
+        kv_end = kv_end or end
+        if kv_end > len(cache) or end > kv_end:
+            raise ValueError(f"cache of {len(cache)} slots cannot take slots {cache_start}..{end} and attend to {kv_end}")
+        cache.pos[:, cache_start:end] = position_ids
+        cache.valid[:, cache_start:end] = True if valid is None else valid
+        k_pos, valid = cache.pos[:, :kv_end], cache.valid[:, :kv_end]
+        kv = [(cache.k[i], cache.v[i], cache_start, kv_end) for i in range(len(layers))]
+    else:
+        k_pos = position_ids
+    if attn_mask is None:
+        attn_mask = attention_rule(position_ids, k_pos, valid, block_size)
+    cos, sin = rope(position_ids)
+    for layer, layer_kv in zip(layers, kv):
+        x = layer(x, cos, sin, attn_mask, layer_kv)
+    return x
+
+
 class Transformer(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -236,37 +262,21 @@ class Transformer(nn.Module):
         return KVCache(cfg.n_layer, batch, cfg.n_kv_head, length, cfg.head_dim, w.dtype, w.device)
 
     def forward(self, input_ids=None, attention_mask=None, *, inputs_embeds=None, position_ids=None,
-                cache=None, cache_start=0, kv_end=None, block_size=None, attn_mask=None, return_hidden=False):
+                cache=None, cache_start=0, kv_end=None, block_size=None, attn_mask=None, return_hidden=False,
+                embed_hook=None):
         """Logits (B, T, V) for `input_ids` (B, T), or for `inputs_embeds` (B, T, C) given instead.
         attention_mask: (B, T) 1 = token, 0 = padding (keys hidden). position_ids: (B, T) or (T,) absolute
         positions, default cache_start + 0..T-1. cache: a KVCache; this chunk is written at slots
         [cache_start, cache_start+T) and attends to slots [0, kv_end) (default: up to its own end).
         block_size: block-causal block length (default config.block_size; generation passes its own).
         attn_mask: (B|1, 1, T, Tk) bool, replaces the derived rule. return_hidden: also return the final
-        post-norm hidden state (B, T, C)."""
+        post-norm hidden state (B, T, C). embed_hook(x, input_ids, embedding_weight) -> x edits the input
+        embeddings inside the forward, where FSDP has gathered the weights (RCD's training uses it)."""
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
-        B, T, _ = x.shape
-        if position_ids is None:
-            position_ids = torch.arange(cache_start, cache_start + T, device=x.device)
-        position_ids = position_ids.expand(B, T)
-        valid = None if attention_mask is None else attention_mask.bool()
-        kv = [None] * len(self.layers)
-        if cache is not None:
-            end = cache_start + T
-            kv_end = kv_end or end
-            if kv_end > len(cache) or end > kv_end:
-                raise ValueError(f"cache of {len(cache)} slots cannot take slots {cache_start}..{end} and attend to {kv_end}")
-            cache.pos[:, cache_start:end] = position_ids
-            cache.valid[:, cache_start:end] = True if valid is None else valid
-            k_pos, valid = cache.pos[:, :kv_end], cache.valid[:, :kv_end]
-            kv = [(cache.k[i], cache.v[i], cache_start, kv_end) for i in range(len(self.layers))]
-        else:
-            k_pos = position_ids
-        if attn_mask is None:
-            attn_mask = attention_rule(position_ids, k_pos, valid, block_size or self.config.block_size)
-        cos, sin = self.rope(position_ids)
-        for layer, layer_kv in zip(self.layers, kv):
-            x = layer(x, cos, sin, attn_mask, layer_kv)
+        if embed_hook is not None:
+            x = embed_hook(x, input_ids, self.embed_tokens.weight)
+        x = run_layers(self.layers, self.rope, x, attention_mask, position_ids, cache, cache_start, kv_end,
+                       block_size or self.config.block_size, attn_mask)
         h = self.norm(x)
         logits = self.lm_head(h)  # logits stay in the activation dtype, as in both official files
         return (logits, h) if return_hidden else logits
@@ -356,12 +366,12 @@ LLADA_KEYS = {
     "model.transformer.ln_f.weight": "norm.weight",
     "model.transformer.ff_out.weight": "lm_head.weight",                              # the top-level ff_out: head
 }
+LAYER_PARAMS = ("input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                "self_attn.q_norm", "self_attn.k_norm", "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj",
+                "mlp.down_proj")  # a Qwen3 decoder layer's weights, named as in Hugging Face and in our Block
 SDAR_KEYS = {
     "model.embed_tokens.weight": "embed_tokens.weight",
-    **{f"model.layers.{{}}.{name}.weight": f"layers.{{}}.{name}.weight" for name in (
-        "input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-        "self_attn.q_norm", "self_attn.k_norm", "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj",
-        "mlp.down_proj")},
+    **{f"model.layers.{{}}.{name}.weight": f"layers.{{}}.{name}.weight" for name in LAYER_PARAMS},
     "model.norm.weight": "norm.weight",
     "lm_head.weight": "lm_head.weight",
 }
@@ -439,47 +449,64 @@ def checkpoint_files(folder):
     return where
 
 
-def from_pretrained(name_or_path, device=None, dtype=None):
-    """Load an official LLaDA or SDAR checkpoint (folder or repo id). Default device: CUDA if available;
-    default dtype: the checkpoint's on CUDA, float32 on CPU. Every expected key must be present with the
-    right shape and nothing may be left over. The model is built on the meta device and the tensors are
-    assigned one at a time (safetensors maps the files copy-on-write), so no second copy is ever made."""
+def read_state(where, table, want, device, dtype, what):
+    """{our name: tensor} for the checkpoint keys in `where` ({key: file}), through a key table: every name in
+    `want` ({name: shape}) must arrive with its shape, and no key may be left unmapped."""
     from safetensors import safe_open
-    folder = resolve(name_or_path)
-    gen = read_json(os.path.join(folder, "generation_config.json"), required=False).get("eos_token_id", [])
-    cfg = config_from_hf(read_json(os.path.join(folder, "config.json")), os.path.join(folder, "config.json"),
-                         gen if isinstance(gen, list) else [gen])
-    where = checkpoint_files(folder)
-    ours = {k: rename(k, KEY_MAPS[cfg.family]) for k in where}
-    if "lm_head.weight" not in ours.values() and not cfg.tie_embeddings:
-        print(f"{folder}: the checkpoint has no LM head, so it is tied to the input embedding")
-        cfg.tie_embeddings = True
-    if cfg.tie_embeddings:  # a tied head *is* the embedding; a saved copy is ignored, as Hugging Face does
-        ours = {k: v for k, v in ours.items() if v != "lm_head.weight"}
-    with torch.device("meta"):
-        model = Transformer(cfg)
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items() if not (cfg.tie_embeddings and k == "lm_head.weight")}
+    ours = {k: rename(k, table) for k in where}
     unknown = sorted(k for k, v in ours.items() if v not in want)
     missing = sorted(set(want) - set(ours.values()))
     if unknown or missing:
-        raise KeyError(f"{folder}: not a {cfg.family} checkpoint of this config: unknown keys {unknown[:4]}"
-                       f"{'...' if len(unknown) > 4 else ''}, missing keys {missing[:4]}{'...' if len(missing) > 4 else ''}")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dtype is None:
-        with safe_open(next(iter(where.values())), "pt") as f:
-            stored = f.get_slice(next(iter(f.keys()))).get_dtype()  # e.g. "BF16"
-        dtype = {"BF16": torch.bfloat16, "F16": torch.float16}.get(stored, torch.float32) if device.type == "cuda" \
-            else torch.float32
-        print(f"model: {cfg.family} on {device} in {dtype} "
-              f"({'the checkpoint dtype' if device.type == 'cuda' else 'float32 on the CPU'})")
+        raise KeyError(f"{what}: unknown keys {unknown[:4]}{'...' if len(unknown) > 4 else ''}, "
+                       f"missing keys {missing[:4]}{'...' if len(missing) > 4 else ''}")
     state = {}
     for path in sorted(set(where.values())):
         with safe_open(path, "pt") as f:
             for key in (k for k in f.keys() if k in ours):
                 shape = tuple(f.get_slice(key).get_shape())
-                if shape != want[ours[key]]:
+                if shape != tuple(want[ours[key]]):
                     raise ValueError(f"{path}: {key} has shape {list(shape)}, expected {list(want[ours[key]])}")
                 state[ours[key]] = f.get_tensor(key).to(device=device, dtype=dtype)
+    return state
+
+
+def default_dtype(where, device):
+    """The checkpoint's dtype on CUDA, float32 elsewhere; printed, since it is decided here."""
+    from safetensors import safe_open
+    if device.type != "cuda":
+        return torch.float32
+    with safe_open(next(iter(where.values())), "pt") as f:
+        stored = f.get_slice(next(iter(f.keys()))).get_dtype()  # e.g. "BF16"
+    return {"BF16": torch.bfloat16, "F16": torch.float16}.get(stored, torch.float32)
+
+
+def from_pretrained(name_or_path, device=None, dtype=None, skip=()):
+    """Load an official LLaDA or SDAR checkpoint (folder or repo id). Default device: CUDA if available;
+    default dtype: the checkpoint's on CUDA, float32 on CPU. Every expected key must be present with the
+    right shape and nothing may be left over. The model is built on the meta device and the tensors are
+    assigned one at a time (safetensors maps the files copy-on-write), so no second copy is ever made.
+    skip: key prefixes a caller loads itself (mrp.py: the `mrp_modules.` of an MRP checkpoint)."""
+    folder = resolve(name_or_path)
+    gen = read_json(os.path.join(folder, "generation_config.json"), required=False).get("eos_token_id", [])
+    cfg = config_from_hf(read_json(os.path.join(folder, "config.json")), os.path.join(folder, "config.json"),
+                         gen if isinstance(gen, list) else [gen])
+    where = {k: v for k, v in checkpoint_files(folder).items() if not k.startswith(tuple(skip))}
+    has_head = any(rename(k, KEY_MAPS[cfg.family]) == "lm_head.weight" for k in where)
+    if not has_head and not cfg.tie_embeddings:
+        print(f"{folder}: the checkpoint has no LM head, so it is tied to the input embedding")
+        cfg.tie_embeddings = True
+    if cfg.tie_embeddings:  # a tied head *is* the embedding; a saved copy is ignored, as Hugging Face does
+        where = {k: v for k, v in where.items() if rename(k, KEY_MAPS[cfg.family]) != "lm_head.weight"}
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    want = {k: v.shape for k, v in model.state_dict().items() if not (cfg.tie_embeddings and k == "lm_head.weight")}
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dtype is None:
+        dtype = default_dtype(where, device)
+        print(f"model: {cfg.family} on {device} in {dtype} "
+              f"({'the checkpoint dtype' if device.type == 'cuda' else 'float32 on the CPU'})")
+    state = read_state(where, KEY_MAPS[cfg.family], want, device, dtype,
+                       f"{folder}: not a {cfg.family} checkpoint of this config")
     if cfg.tie_embeddings:
         state["lm_head.weight"] = state["embed_tokens.weight"]
     model.load_state_dict(state, strict=True, assign=True)
@@ -488,19 +515,24 @@ def from_pretrained(name_or_path, device=None, dtype=None):
     return model.eval()
 
 
-def save_pretrained(model, folder, max_shard_bytes=None):
-    """Write config.json and model.safetensors (or shards + index) in the official format and key names.
-    Each file is written to a temporary name and renamed, so an interrupted save never leaves a torn file."""
-    from safetensors.torch import save_file
-    cfg = model.config
-    inverse = {v: k for k, v in KEY_MAPS[cfg.family].items()}
+def official_state(model):
+    """{official key: tensor} for our model, through the inverse of its family's key map."""
+    inverse = {v: k for k, v in KEY_MAPS[model.config.family].items()}
     state = {}
     for name, t in model.state_dict().items():
-        if name == "lm_head.weight" and cfg.tie_embeddings:
+        if name == "lm_head.weight" and model.config.tie_embeddings:
             continue
         m = re.fullmatch(r"layers\.(\d+)\.(.*)", name)
-        src = inverse[f"layers.{{}}.{m.group(2)}"].format(m.group(1)) if m else inverse[name]
-        state[src] = t.detach().contiguous()
+        state[inverse[f"layers.{{}}.{m.group(2)}"].format(m.group(1)) if m else inverse[name]] = t.detach().contiguous()
+    return state
+
+
+def save_pretrained(model, folder, max_shard_bytes=None, extra_tensors=None, extra_config=None):
+    """Write config.json and model.safetensors (or shards + index) in the official format and key names,
+    plus any extra tensors and config fields (an MRP head). Each file is written to a temporary name and
+    renamed, so an interrupted save never leaves a torn file."""
+    from safetensors.torch import save_file
+    state = {**official_state(model), **(extra_tensors or {})}
     shards = [[]]
     for key in state:  # fill shards in order up to max_shard_bytes
         size = sum(state[k].nbytes for k in shards[-1])
@@ -521,7 +553,7 @@ def save_pretrained(model, folder, max_shard_bytes=None):
         index = {"metadata": {"total_size": sum(t.nbytes for t in state.values())},
                  "weight_map": {k: n for n, keys in zip(names, shards) for k in keys}}
         write("model.safetensors.index.json", lambda p: json.dump(index, open(p, "w"), indent=2))
-    write("config.json", lambda p: json.dump(config_to_hf(cfg), open(p, "w"), indent=2))
+    write("config.json", lambda p: json.dump({**config_to_hf(model.config), **(extra_config or {})}, open(p, "w"), indent=2))
 
 
 if __name__ == "__main__":

@@ -47,13 +47,17 @@ def sdar_official(d=48, heads=4, kv_heads=2, head_dim=16, layers=2, mlp=64, voca
     if not tied:
         sd["lm_head.weight"] = r(vocab, d)
     for i in range(layers):
-        p = f"model.layers.{i}."
-        sd.update({p + "input_layernorm.weight": 1 + r(d), p + "post_attention_layernorm.weight": 1 + r(d),
-                   p + "self_attn.q_proj.weight": r(heads * head_dim, d), p + "self_attn.k_proj.weight": r(kv_heads * head_dim, d),
-                   p + "self_attn.v_proj.weight": r(kv_heads * head_dim, d), p + "self_attn.o_proj.weight": r(d, heads * head_dim),
-                   p + "self_attn.q_norm.weight": 1 + r(head_dim), p + "self_attn.k_norm.weight": 1 + r(head_dim),
-                   p + "mlp.gate_proj.weight": r(mlp, d), p + "mlp.up_proj.weight": r(mlp, d), p + "mlp.down_proj.weight": r(d, mlp)})
+        sd.update(qwen3_layer(f"model.layers.{i}.", r, d, heads, kv_heads, head_dim, mlp))
     return cfg, sd
+
+
+def qwen3_layer(p, r, d, heads, kv_heads, head_dim, mlp):
+    """One Qwen3/SDAR decoder layer's weights under the official names (also an MRP head's layers)."""
+    return {p + "input_layernorm.weight": 1 + r(d), p + "post_attention_layernorm.weight": 1 + r(d),
+            p + "self_attn.q_proj.weight": r(heads * head_dim, d), p + "self_attn.k_proj.weight": r(kv_heads * head_dim, d),
+            p + "self_attn.v_proj.weight": r(kv_heads * head_dim, d), p + "self_attn.o_proj.weight": r(d, heads * head_dim),
+            p + "self_attn.q_norm.weight": 1 + r(head_dim), p + "self_attn.k_norm.weight": 1 + r(head_dim),
+            p + "mlp.gate_proj.weight": r(mlp, d), p + "mlp.up_proj.weight": r(mlp, d), p + "mlp.down_proj.weight": r(d, mlp)}
 
 
 def write_checkpoint(folder, cfg, sd, shards=1):
@@ -73,6 +77,20 @@ def write_checkpoint(folder, cfg, sd, shards=1):
     json.dump({"metadata": {"total_size": sum(t.nbytes for t in sd.values())}, "weight_map": weight_map},
               open(os.path.join(folder, "model.safetensors.index.json"), "w"))
     return folder
+
+
+@pytest.fixture(scope="session")
+def llada(tmp_path_factory):
+    """A tiny random LLaDA model (vocabulary 96, mask 95, max 128 positions), loaded once per test run."""
+    import model as M
+    return M.from_pretrained(write_checkpoint(str(tmp_path_factory.mktemp("llada")), *llada_official(vocab=96)), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def sdar(tmp_path_factory):
+    """A tiny random SDAR model (vocabulary 80, mask 79, GQA, block 4), loaded once per test run."""
+    import model as M
+    return M.from_pretrained(write_checkpoint(str(tmp_path_factory.mktemp("sdar")), *sdar_official(vocab=80)), device="cpu")
 
 
 @pytest.fixture

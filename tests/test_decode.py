@@ -9,19 +9,7 @@ import torch
 
 import decode as D
 import model as M
-from conftest import ROOT, llada_official, sdar_official, write_checkpoint
-
-
-@pytest.fixture(scope="module")
-def llada(tmp_path_factory):
-    cfg, sd = llada_official(vocab=96)
-    return M.from_pretrained(write_checkpoint(str(tmp_path_factory.mktemp("l")), cfg, sd), device="cpu", dtype=torch.float32)
-
-
-@pytest.fixture(scope="module")
-def sdar(tmp_path_factory):
-    cfg, sd = sdar_official(vocab=80)
-    return M.from_pretrained(write_checkpoint(str(tmp_path_factory.mktemp("s")), cfg, sd), device="cpu", dtype=torch.float32)
+from conftest import ROOT
 
 
 def test_schedule_spreads_the_remainder_over_the_first_steps():
