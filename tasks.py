@@ -83,47 +83,42 @@ BENCHMARKS = {
 # -----------------------------------------------------------------------------
 # The built-in task [8]: generated grade-school word problems in GSM8K's format
 
-NAMES = [(n, "she", "her", "her") for n in ("Mia", "Ava", "Zoe", "Ivy", "Lily", "Emma", "Ella", "Ruby")] + \
-        [(n, "he", "him", "his") for n in ("Tom", "Leo", "Sam", "Max", "Ben", "Noah", "Jack", "Owen")]
+NAMES = [(n, "she", "her") for n in ("Mia", "Ava", "Zoe", "Ivy", "Lily", "Emma", "Ella", "Ruby")] + \
+        [(n, "he", "his") for n in ("Tom", "Leo", "Sam", "Max", "Ben", "Noah", "Jack", "Owen")]
 ITEMS = ["apples", "stickers", "marbles", "books", "coins", "pencils", "cookies", "cards", "shells", "stamps",
-         "beads", "toy cars", "eggs", "flowers", "crayons", "rocks"]
-FRIENDS = ["a friend", "a neighbor", "the teacher", "a classmate", "grandma", "a cousin"]
+         "beads", "eggs", "flowers", "crayons", "rocks", "buttons"]
 TINY_SEEDS = {"test": 1234, "dev": 4321}  # held-out splits; training draws from other seeds and skips these
 
 
-def tiny_problem(rng, ops=(2, 3), max_lines=4):
-    """One problem as (question, solution). Each solution line uses the previous line's result, so its
-    digits (carries included) depend on tokens decoded elsewhere: committing many tokens per step hurts."""
-    while True:
-        name, pron, obj, poss = rng.choice(NAMES)
-        item, cur = rng.choice(ITEMS), rng.randint(11, 99)
-        sentences, lines = [f"{name} has {cur} {item}."], []
-        for _ in range(rng.randint(*ops)):
-            kind = rng.choice(["add", "sub", "mul", "pack"])
-            if kind == "add" or (kind == "sub" and cur < 12):
-                b = rng.randint(11, 99)
-                sentences.append(rng.choice([f"Then {pron} gets {b} more.", f"{pron.capitalize()} finds {b} more {item}.",
-                                             f"A friend gives {obj} {b} {item}."]))
-                lines.append(f"{cur}+{b}={cur + b}")
-                cur += b
-            elif kind == "sub":
-                c = rng.randint(2, cur - 1)
-                sentences.append(rng.choice([f"{pron.capitalize()} gives {c} {item} to {rng.choice(FRIENDS)}.",
-                                             f"Then {pron} loses {c} of them."]))
-                lines.append(f"{cur}-{c}={cur - c}")
-                cur -= c
-            elif kind == "mul" and cur < 50:
-                k = rng.randint(2, 4)
-                sentences.append(f"Then {pron} {['doubles', 'triples', 'quadruples'][k - 2]} {poss} {item}.")
-                lines.append(f"{cur}*{k}={cur * k}")
-                cur *= k
-            else:
-                k, m = rng.randint(2, 9), rng.randint(3, 12)
-                sentences.append(f"{pron.capitalize()} buys {k} packs of {m} {item}.")
-                lines += [f"{k}*{m}={k * m}", f"{cur}+{k * m}={cur + k * m}"]
-                cur += k * m
-        if len(lines) <= max_lines:
-            return " ".join(sentences) + f" How many {item} does {name} have now?", "\n".join(lines) + f"\n#### {cur}"
+def tiny_problem(rng):
+    """One problem as (question, solution): a quantity that changes the same way for n periods, one solution
+    line per period. Each line starts from the previous line's result, so its digits (borrows and carries
+    included) depend on tokens decoded elsewhere in the answer: committing many tokens per step hurts.
+    The question's templates have equal token lengths and fixed digit counts, so the start, the rate and n
+    sit at fixed distances from the answer: a small model learns to read numbers at fixed offsets within a
+    few hundred steps, while finding them by content takes it thousands (README, "The built-in task")."""
+    name, pron, poss = rng.choice(NAMES)
+    item, n = rng.choice(ITEMS), rng.randint(2, 4)
+    kind = rng.choice(["add", "sub", "mul"])
+    if kind == "mul":  # one-digit start, so every question of this shape has the same layout
+        b, a = rng.choice([2, 2, 3]), rng.randint(2, 9)
+        n = min(n, 5 - b)  # triples for at most 3 periods: products stay three-digit
+        change, op = f"Every week {pron} {'doubles' if b == 2 else 'triples'} {poss} {item}.", "*"
+    else:  # two-digit start and rate; all four templates are 10 tokens long
+        b = rng.randint(10, 19)
+        a = rng.randint(10, 99) if kind == "add" else rng.randint(b * n + 1, 99)
+        change = rng.choice([f"Every week {pron} gets {b} more {item}.", f"Each day {pron} finds {b} more {item}."]
+                            if kind == "add" else
+                            [f"Each day {pron} gives away {b} {item}.", f"Every week {pron} uses up {b} {item}."])
+        op = "+" if kind == "add" else "-"
+    unit = "days" if "day" in change else "weeks"
+    lines, cur = [], a
+    for _ in range(n):
+        new = {"+": cur + b, "-": cur - b, "*": cur * b}[op]
+        lines.append(f"{cur}{op}{b}={new}")
+        cur = new
+    question = f"{name} has {a} {item}. {change} How many {item} does {name} have after {n} {unit}?"
+    return question, "\n".join(lines) + f"\n#### {cur}"
 
 
 def tiny_records(split="test", n=500):

@@ -1,0 +1,144 @@
+"""train.py and eval.py: the vocabulary, the block-diffusion mask, exact resumption of training, and the
+harness end to end on tiny checkpoints trained for a few steps (resume, torchrun sharding, --data, code
+tasks refusing to execute without the opt-in)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import model as M
+import tasks
+import train
+from conftest import ROOT
+from tokenizer import load_tokenizer
+
+TINY = ["--n-embd", "32", "--n-layer", "1", "--n-head", "2", "--batch-size", "4", "--warmup", "1", "--save-every", "2"]
+
+
+def run(*args, check=True, env=None):
+    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, **(env or {})})
+    if check and out.returncode != 0:
+        raise AssertionError(out.stderr[-3000:])
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Both families trained for 3 steps through the real command line (official-format folders)."""
+    root = tmp_path_factory.mktemp("models")
+    for family in ("llada", "sdar"):
+        run("train.py", "--family", family, "--out", str(root / family), "--steps", "3", *TINY)
+    return root
+
+
+def test_vocabulary_is_byte_level_bpe_with_both_chat_formats(tmp_path):
+    for family, fmt in (("llada", "llada"), ("sdar", "qwen3")):
+        tok = train.write_tokenizer(str(tmp_path / family), family)
+        assert tok.chat_format == fmt
+        q, a = tasks.tiny_problem(__import__("random").Random(0))
+        assert tok.decode(tok.encode(q + "\n" + a)) == q + "\n" + a
+        assert all(len(tok.decode([i])) == 1 for i in tok.encode("1234567890"))  # digits stay single tokens
+        assert len(tok.encode(" marbles")) == 1  # words are merged
+
+
+def test_block_diff_mask_structure():
+    m = train.block_diff_mask(8, 4)  # [x_t (0..7) | x_0 (8..15)], blocks {0..3}, {4..7}
+    assert m[1, :4].all() and not m[1, 4:8].any() and not m[1, 8:].any()  # noisy block 0: itself only
+    assert m[5, 4:8].all() and m[5, 8:12].all() and not m[5, 12:].any()  # noisy block 1: + clean block 0
+    assert m[13, 8:16].all() and not m[13, :8].any()                       # clean block 1: clean blocks <= 1
+    assert m[9, 8:12].all() and not m[9, 12:].any()                        # clean block 0: itself
+
+
+def test_noise_is_stratified_and_spares_the_prompt():
+    ids, prompt = torch.zeros(16, 50, dtype=torch.long), torch.zeros(16, 50, dtype=torch.bool)
+    prompt[:, :10] = True
+    x_t, masked, p = train.add_noise(ids, prompt, 7, torch.Generator().manual_seed(0))
+    assert not masked[:, :10].any() and (x_t[masked] == 7).all()
+    t = sorted(p[:, 0].tolist())
+    assert all(i / 16 <= v <= (i + 1) / 16 + 1e-3 for i, v in enumerate(t))  # one noise level per stratum
+
+
+@pytest.mark.parametrize("family", ["llada", "sdar"])
+def test_training_resumes_exactly(tmp_path, family):
+    """Interrupted after 2 steps and resumed to 4 == 4 steps in one go (batches depend only on the step)."""
+    common = ["train.py", "--family", family, "--steps", "4", *TINY, "--threads", "1"]
+    run(*common, "--out", str(tmp_path / "straight"))
+    run(*common[:4], "2", *common[5:], "--out", str(tmp_path / "resumed"))   # --steps 2
+    out = run(*common, "--out", str(tmp_path / "resumed")).stdout
+    assert "resuming" in out
+    a = M.from_pretrained(str(tmp_path / "straight"), device="cpu")
+    b = M.from_pretrained(str(tmp_path / "resumed"), device="cpu")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_trained_folder_is_an_official_checkpoint(trained):
+    for family in ("llada", "sdar"):
+        folder = str(trained / family)
+        cfg = json.load(open(os.path.join(folder, "config.json")))
+        assert cfg["model_type"] == family
+        net = M.from_pretrained(folder, device="cpu")
+        tok = load_tokenizer(folder)
+        assert net.config.mask_token_id == tok.special_ids["<|mdm_mask|>" if family == "llada" else "<|MASK|>"]
+        assert net.config.vocab_size >= tok.vocab_size and net.config.vocab_size % 64 == 0
+
+
+def last_json(out):
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_eval_runs_resumes_and_keeps_totals(trained, tmp_path):
+    log = str(tmp_path / "s.jsonl")
+    args = ["eval.py", "--model", str(trained / "llada"), "--limit", "6", "--batch-size", "1", "--samples", log,
+            "--gen-length", "16", "--block-length", "8", "--out", str(tmp_path / "r.json")]
+    first = last_json(run(*args))
+    rows = open(log).read().splitlines()
+    assert len(rows) == 6 and {"id", "output", "extracted", "correct", "nfe", "tokens", "seconds"} <= set(json.loads(rows[0]))
+    open(log, "w").write("\n".join(rows[:2]) + "\n")  # interrupted after two samples
+    second = last_json(run(*args))
+    assert len(open(log).read().splitlines()) == 6
+    for key in ("n", "accuracy", "nfe", "tokens"):
+        assert first["rows"][0][key] == second["rows"][0][key]
+    assert first["rows"][0]["nfe"] == 16 and json.load(open(tmp_path / "r.json"))["device"] == "CPU"
+
+
+def test_eval_sweeps_thresholds_on_sdar(trained, tmp_path):
+    res = last_json(run("eval.py", "--model", str(trained / "sdar"), "--method", "threshold", "--thresholds",
+                        "0.3,0.9", "--limit", "3", "--gen-length", "16", "--samples", str(tmp_path / "s.jsonl")))
+    assert [r["setting"] for r in res["rows"]] == ["threshold=0.3", "threshold=0.9"]
+    assert set(res["rows"][0]) >= {"task", "method", "setting", "n", "accuracy", "nfe", "tokens", "tokens_per_forward", "seconds"}
+
+
+def test_eval_under_torchrun_shards_and_merges(trained, tmp_path):
+    common = ["--model", str(trained / "llada"), "--limit", "5", "--batch-size", "1", "--gen-length", "16",
+              "--block-length", "8", "--method", "dual-cache"]
+    single = last_json(run("eval.py", *common, "--samples", str(tmp_path / "one.jsonl")))
+    multi = run("-m", "torch.distributed.run", "--nproc_per_node", "2", "eval.py", *common,
+                "--samples", str(tmp_path / "two.jsonl"), env={"OMP_NUM_THREADS": "1"})
+    merged = last_json(multi)
+    assert merged["world_size"] == 2 and os.path.exists(tmp_path / "two.jsonl.rank1")
+    for key in ("n", "accuracy", "nfe", "tokens"):
+        assert merged["rows"][0][key] == single["rows"][0][key]
+
+
+def test_eval_real_task_formats_with_local_data(trained, tmp_path):
+    data = os.path.join(os.path.dirname(__file__), "fixtures", "tasks")
+    res = last_json(run("eval.py", "--model", str(trained / "sdar"), "--task", "gsm8k", "--data",
+                        os.path.join(data, "gsm8k_test.jsonl"), "--gen-length", "8", "--samples", str(tmp_path / "g.jsonl")))
+    assert res["metric"] == "gsm8k_boxed" and res["rows"][0]["n"] == 3
+    res = last_json(run("eval.py", "--model", str(trained / "llada"), "--task", "humaneval", "--data",
+                        os.path.join(data, "humaneval_test.jsonl.gz"), "--gen-length", "8", "--block-length", "8",
+                        "--samples", str(tmp_path / "h.jsonl")))
+    statuses = {json.loads(line)["rule"] for line in open(tmp_path / "h.jsonl")}
+    assert res["rows"][0]["accuracy"] == 0 and statuses == {"not_run"}  # no --allow-code-exec: nothing executed
+
+
+def test_eval_compares_a_research_method_with_its_counterpart(trained, tmp_path):
+    res = last_json(run("eval.py", "--model", str(trained / "llada"), "--method", "elastic", "--r", "1", "--limit", "3",
+                        "--gen-length", "16", "--samples", str(tmp_path / "e")))
+    assert [(r["method"], r["model"]) for r in res["rows"]] == [("baseline", "llada"), ("elastic", "llada")]
+    out = run("eval.py", "--model", str(tmp_path / "missing"), "--method", "rcd", check=False)
+    assert out.returncode != 0 and "no such folder" in out.stderr
