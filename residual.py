@@ -1,0 +1,131 @@
+"""
+Residual Context Diffusion (RCD; Hu et al., arXiv 2601.22954, v2): instead of throwing away what the model
+predicted for positions it did not commit, turn those predictions into a "soft token" and feed it back at
+the next step. No new parameters: only the input embeddings of still-masked positions change.
+
+  residual (Eq. 1)     delta_i = p_i @ E           p_i = softmax(z_i), E = the target's *input* embeddings
+  weight   (Eq. 3)     alpha_i = H(softmax(z_i / T_res)) / log V       uncertain positions inject more
+  injection (Eq. 2)    e_i = (1 - alpha_i) E[MASK] + alpha_i delta_i    only where x_i is still [MASK]
+  one-step Markov: each forward's alpha/delta replace the previous ones; nothing accumulates.
+  start (Sec. 3.3):    cold = zero residual (the first step is the plain forward; v2's SDAR recipe);
+                       warm = a reference model's first prediction (v2's LLaDA recipe), or the target's own
+                       ("self", Table 5), computed with the target's E either way.
+
+RCD plugs into decode.py as a `forward=` hook (class `Residual`): the decoders' loops, commit rules,
+schedules and caches are untouched. State lives per (sample, absolute position), so it follows whatever a
+forward feeds: LLaDA's full canvas or Fast-dLLM's cached spans, SDAR's blocks (a new block's positions were
+never predicted, so they start fresh, which is the per-block reset). Residual embeddings never reach a KV
+cache: SDAR's store pass and Fast-dLLM's cached prefix hold committed tokens only, and a committed token
+always gets its hard embedding.
+
+Readings of what the paper leaves open (rcd.md section 6), each a flag with the recommended default:
+  t_res tempers alpha only (Algorithm 2), not delta; alpha_scale multiplies H / log V (1 = the paper) and
+  the result is clipped to [0, 1]; V = the logits' size; delta uses the untempered softmax even when
+  sampling at a temperature; p @ E is computed in the embedding's dtype (fp32 on CPU) for masked positions
+  only, in chunks. Training is in train_residual.py.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+import decode
+
+
+def entropy_weight(logits, t_res=1.0, alpha_scale=1.0):
+    """alpha = H(softmax(z / T_res)) / log V, in fp32, with 0 log 0 = 0, clipped to [0, 1] (Eq. 3)."""
+    logp = F.log_softmax(logits.float() / t_res, dim=-1)
+    h = -(logp.exp() * logp).nan_to_num().sum(-1)  # exp(-inf) * -inf = nan -> 0
+    return (alpha_scale * h / math.log(logits.shape[-1])).clamp(0.0, 1.0)
+
+
+def soft_token(logits, embedding, chunk=256):
+    """delta = softmax(z) @ E (Eq. 1), for a (N, V) stack of logits, chunked over positions."""
+    out = []
+    for z in logits.split(chunk):
+        out.append(F.softmax(z.float(), dim=-1).to(embedding.dtype) @ embedding)
+    return torch.cat(out) if out else logits.new_zeros(0, embedding.shape[1], dtype=embedding.dtype)
+
+
+def mix(embeds, ids, mask_id, mask_embedding, alpha, delta):
+    """Eq. 2: (1 - alpha) E[MASK] + alpha delta where ids == MASK; the hard embedding elsewhere."""
+    soft = (1 - alpha[..., None]) * mask_embedding + alpha[..., None] * delta
+    return torch.where((ids == mask_id)[..., None], soft.to(embeds.dtype), embeds)
+
+
+class Residual:
+    """RCD's state and decode.py `forward=` hook. Holds alpha (B, N) and delta (B, N, C) per absolute position
+    plus which positions have been predicted; `init` = "zero" (cold), "reference" or "self" (warm)."""
+
+    def __init__(self, model, t_res=1.0, alpha_scale=1.0, init="zero", reference=None):
+        if init not in ("zero", "reference", "self") or (init == "reference") != (reference is not None):
+            raise ValueError(f"init {init!r}: expected 'zero', 'self', or 'reference' together with a reference model")
+        if reference is not None and reference.config.vocab_size != model.config.vocab_size:
+            raise ValueError(f"reference vocabulary {reference.config.vocab_size} != target {model.config.vocab_size}: "
+                             "the residual mixes the reference's probabilities with the target's embeddings")
+        self.model, self.t_res, self.alpha_scale, self.init, self.reference = model, t_res, alpha_scale, init, reference
+        self.alpha = self.delta = self.seen = None
+        self.ref_cache, self.stats = None, {"ref_forwards": 0, "self_forwards": 0}
+
+    def _grow(self, B, n, C, device):
+        """Allocate (or extend, keeping what was predicted) the per-position state to n positions."""
+        have = 0 if self.alpha is None else self.alpha.shape[1]
+        if n > have:
+            pad = lambda t, *shape, **kw: torch.cat([t, torch.zeros(B, n - have, *shape, device=device, **kw)], 1) \
+                if t is not None else torch.zeros(B, n, *shape, device=device, **kw)
+            self.alpha, self.seen = pad(self.alpha), pad(self.seen, dtype=torch.bool)
+            self.delta = pad(self.delta, C, dtype=self.model.embed_tokens.weight.dtype)
+
+    def update(self, logits, ids, pos):
+        """Refresh alpha/delta at the fed positions that are still masks (the only ones that will use them)."""
+        mask = ids == self.model.config.mask_token_id
+        rows = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(ids)[mask]
+        z = logits[mask]
+        self.alpha[rows, pos[mask]] = entropy_weight(z, self.t_res, self.alpha_scale)
+        self.delta[rows, pos[mask]] = soft_token(z, self.model.embed_tokens.weight)
+        self.seen[rows, pos[mask]] = True
+
+    def __call__(self, model, ids, position_ids=None, cache=None, cache_start=0, kv_end=None, **kw):
+        B, T = ids.shape
+        pos = (torch.arange(cache_start, cache_start + T, device=ids.device) if position_ids is None
+               else position_ids).expand(B, T)
+        emb_w = model.embed_tokens.weight
+        self._grow(B, max(model.config.max_seq_len, int(pos.max()) + 1), emb_w.shape[1], ids.device)
+        call = dict(position_ids=pos, cache=cache, cache_start=cache_start, kv_end=kv_end, **kw)
+        fresh = ((ids == model.config.mask_token_id) & ~self.seen.gather(1, pos)).any()
+        if self.reference is not None and cache is not None and (fresh or not (ids == model.config.mask_token_id).any()):
+            # the reference keeps its own KV cache in step with the target's: it sees every clean write
+            # (prefill, store passes, block-start forwards) and every warm start
+            if self.ref_cache is None:
+                self.ref_cache = self.reference.new_cache(B, len(cache))
+            ref_logits = self.reference(ids, **{**call, "cache": self.ref_cache, "return_hidden": False})
+            self.stats["ref_forwards"] += 1
+            if fresh:
+                self.update(ref_logits, ids, pos)
+        elif fresh and self.init != "zero":  # warm start without a cache, or from the target itself
+            first = (self.reference or model)(ids, **{**call, "return_hidden": False})
+            self.stats["ref_forwards" if self.reference is not None else "self_forwards"] += 1
+            self.update(first, ids, pos)
+        rows = torch.arange(B, device=ids.device)[:, None]
+        embeds = mix(model.embed_tokens(ids), ids, model.config.mask_token_id, emb_w[model.config.mask_token_id],
+                     self.alpha[rows, pos], self.delta[rows, pos])
+        out = model(None, inputs_embeds=embeds, **call)
+        self.update(out[0] if isinstance(out, tuple) else out, ids, pos)
+        return out
+
+
+def decode_rcd(model, prompt, *, gen_length, block_length, steps=None, threshold=None, t_res=1.0, alpha_scale=1.0,
+               init="zero", reference=None, cache=None, **kw):
+    """RCD decoding with the family's decoder: LLaDA's generate (threshold and caches included) or SDAR's
+    block_generate (dynamic threshold included). Returns (x, stats) with `ref_forwards` / `self_forwards`."""
+    hook = Residual(model, t_res, alpha_scale, init, reference)
+    if model.config.family == "llada":
+        x, stats = decode.generate(model, prompt, steps=steps or gen_length, gen_length=gen_length,
+                                   block_length=block_length, threshold=threshold, cache=cache, forward=hook, **kw)
+    else:
+        if cache is not None:
+            raise ValueError("cache: SDAR always decodes with its exact KV cache")
+        x, stats = decode.block_generate(model, prompt, gen_length=gen_length, block_length=block_length,
+                                         denoising_steps=steps or block_length, threshold=threshold or 1.0,
+                                         forward=hook, **kw)
+    return x, {**stats, **hook.stats}

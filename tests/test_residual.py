@@ -1,0 +1,97 @@
+"""residual.py: the equations against direct computations, and RCD inside decode.py's loops: with alpha
+forced to 0 it is plain decoding token for token; residuals never reach a KV cache; warm starts."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import decode as D
+import model as M
+import residual as R
+
+
+def test_entropy_weight_and_soft_token_match_the_equations():
+    V = 10
+    one_hot = torch.full((1, V), -torch.inf)
+    one_hot[0, 3] = 0.0
+    assert R.entropy_weight(one_hot).item() == 0.0                     # a sure prediction injects nothing
+    assert abs(R.entropy_weight(torch.zeros(1, V)).item() - 1.0) < 1e-6  # a uniform one injects fully
+    z = torch.randn(4, V)
+    p = F.softmax(z / 0.7, -1)
+    assert torch.allclose(R.entropy_weight(z, t_res=0.7), -(p * p.log()).sum(-1) / math.log(V), atol=1e-6)
+    assert (R.entropy_weight(z, t_res=2.0) > R.entropy_weight(z)).all()  # T_res > 1 flattens: more residual
+    E = torch.randn(V, 5)
+    assert torch.allclose(R.soft_token(one_hot, E)[0], E[3])
+    assert torch.allclose(R.soft_token(z, E, chunk=3), F.softmax(z, -1) @ E, atol=1e-6)
+
+
+def test_the_second_step_feeds_the_mix_of_eq_2(llada):
+    """Call the hook twice on the same canvas and compare its input with Eq. 2 computed by hand."""
+    mask_id = llada.config.mask_token_id
+    ids = torch.tensor([[5, 6, 7, mask_id, mask_id, 9, mask_id]])
+    hook = R.Residual(llada, t_res=1.3)
+    with torch.no_grad():
+        first = llada(ids)                  # cold start: the first step is the plain forward
+        assert torch.equal(hook(llada, ids), first)
+        seen = []
+        spy = llada.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["inputs_embeds"]), with_kwargs=True)
+        try:
+            hook(llada, ids)
+        finally:
+            spy.remove()
+    E = llada.embed_tokens.weight
+    want = E[ids[0]].clone()
+    for i in (3, 4, 6):
+        alpha = R.entropy_weight(first[0, i], t_res=1.3)
+        want[i] = (1 - alpha) * E[mask_id] + alpha * (F.softmax(first[0, i], -1) @ E)
+    assert torch.allclose(seen[-1][0], want, atol=1e-6)
+
+
+@pytest.mark.parametrize("kw", [dict(steps=16), dict(threshold=0.05), dict(cache="prefix", steps=16),
+                                dict(cache="dual", threshold=0.05)])
+def test_alpha_zero_is_plain_llada_decoding(llada, kw):
+    prompts = torch.randint(0, 90, (2, 5))
+    plain, _ = D.generate(llada, prompts, gen_length=16, block_length=8, **kw)
+    rcd, stats = R.decode_rcd(llada, prompts, gen_length=16, block_length=8, alpha_scale=0.0, **kw)
+    assert torch.equal(plain, rcd)
+    changed, _ = R.decode_rcd(llada, prompts, gen_length=16, block_length=8, alpha_scale=1.0, t_res=4.0, **kw)
+    assert not torch.equal(plain, changed)  # and with residuals it does change something
+
+
+@pytest.mark.parametrize("threshold", [1.0, 0.2])
+def test_alpha_zero_is_plain_sdar_decoding(sdar, threshold):
+    prompts = [torch.randint(0, 75, (n,)) for n in (3, 7)]
+    plain, _ = D.block_generate(sdar, prompts, gen_length=16, threshold=threshold, stop_ids=[])
+    rcd, _ = R.decode_rcd(sdar, prompts, gen_length=16, block_length=4, threshold=threshold, alpha_scale=0.0, stop_ids=[])
+    assert torch.equal(plain, rcd)
+
+
+def test_residuals_never_reach_the_kv_cache(sdar):
+    """The forwards that leave K/V behind for later blocks (prefill and store passes: no [MASK] in their
+    input) are fed exactly the hard embeddings; the denoising steps in between do get residuals."""
+    hook, fed, embeds = R.Residual(sdar, t_res=3.0), [], []
+
+    def forward(model, ids, **kw):
+        fed.append(ids.clone())
+        return hook(model, ids, **kw)
+    pre = sdar.register_forward_pre_hook(lambda m, a, kw: embeds.append(kw["inputs_embeds"]), with_kwargs=True)
+    D.block_generate(sdar, torch.randint(0, 75, (6,)), gen_length=12, block_length=4, forward=forward, stop_ids=[])
+    pre.remove()
+    clean = [torch.equal(e, sdar.embed_tokens(i)) for i, e in zip(fed, embeds)
+             if not (i == sdar.config.mask_token_id).any()]
+    mixed = [not torch.equal(e, sdar.embed_tokens(i)) for i, e in zip(fed, embeds)
+             if (i == sdar.config.mask_token_id).any()]
+    assert len(clean) == 5 and all(clean)   # prefill + a store pass for each of the 4 decoded blocks
+    assert any(mixed)
+
+
+def test_warm_start_runs_the_reference_once_per_block(sdar, llada):
+    _, st = R.decode_rcd(sdar, torch.randint(0, 75, (6,)), gen_length=12, block_length=4, init="reference",
+                         reference=sdar, stop_ids=[])
+    # reference: prefill + one warm start per block (blocks at 4, 8, 12, 16 hold masks) + a store pass each
+    assert st["ref_forwards"] == 1 + 4 + 4
+    _, st = R.decode_rcd(llada, torch.randint(0, 90, (5,)), gen_length=16, block_length=8, init="self", steps=16)
+    assert st["self_forwards"] == 1  # LLaDA's first forward predicts every position at once
+    with pytest.raises(ValueError, match="init 'reference'"):
+        R.Residual(llada, init="reference")
