@@ -1,0 +1,162 @@
+"""mrp.py: the official checkpoint layout, the module's equations, the training loss, and the decoding
+modes inside decode.block_generate: speculative decoding is lossless (equal to static one-token-per-step
+decoding, token for token), direct with K = 0 is static decoding, remasking with a zero residual is plain
+dynamic decoding, and verification candidates cannot see each other."""
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import decode as D
+import model as M
+import mrp as R
+import train
+from conftest import qwen3_layer, sdar_official, write_checkpoint
+
+
+def official_mrp_checkpoint(folder, n_layers=2, seed=3, prefix="mrp_modules.0.model."):
+    """A tiny MRP checkpoint with the released key names (written here by hand, not by save_mrp)."""
+    cfg, sd = sdar_official(vocab=80)
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g) * 0.3
+    d, hd, nq, nkv, mlp = 48, 16, 4, 2, 64
+    sd.update({prefix + "enorm.weight": 1 + r(d), prefix + "hnorm.weight": 1 + r(d), prefix + "eh_proj.weight": r(d, 2 * d),
+               prefix + "norm.weight": 1 + r(d), "mrp_modules.0.lm_head.weight": sd["lm_head.weight"].clone()})
+    for i in range(n_layers):
+        sd.update(qwen3_layer(f"{prefix}layers.{i}.", r, d, nq, nkv, hd, mlp))
+    cfg.update(architectures=["SDARMRPForCausalLM"], num_nextn_predict_layers=n_layers, num_mrp_heads=1)
+    return write_checkpoint(folder, cfg, {k: v.to(torch.bfloat16) for k, v in sd.items()}), sd
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    folder, _ = official_mrp_checkpoint(str(tmp_path_factory.mktemp("mrp")))
+    return R.load_mrp(folder, device="cpu", dtype=torch.float32)
+
+
+def test_load_maps_the_released_key_names(tmp_path):
+    folder, sd = official_mrp_checkpoint(str(tmp_path / "a"))
+    backbone, mrp = R.load_mrp(folder, device="cpu", dtype=torch.float32)
+    assert len(mrp.layers) == 2
+    assert torch.equal(mrp.eh_proj.weight, sd["mrp_modules.0.model.eh_proj.weight"].to(torch.bfloat16).float())
+    assert torch.equal(mrp.layers[1].self_attn.k_norm.weight,
+                       sd["mrp_modules.0.model.layers.1.self_attn.k_norm.weight"].to(torch.bfloat16).float())
+    legacy, _ = official_mrp_checkpoint(str(tmp_path / "b"), prefix="mtp_modules.0.model.")  # older releases
+    assert torch.equal(R.load_mrp(legacy, device="cpu")[1].norm.weight, mrp.norm.weight)
+    with pytest.raises(KeyError, match="not an MRP checkpoint"):
+        R.load_mrp(write_checkpoint(str(tmp_path / "c"), *sdar_official()), device="cpu")
+    cfg = json.load(open(os.path.join(folder, "config.json")))
+    cfg["num_nextn_predict_layers"] = 3  # a layer the file does not have
+    json.dump(cfg, open(os.path.join(folder, "config.json"), "w"))
+    with pytest.raises(KeyError, match="missing keys"):
+        R.load_mrp(folder, device="cpu")
+
+
+def test_save_mrp_round_trips_in_the_official_layout(pair, tmp_path):
+    backbone, mrp = pair
+    R.save_mrp(backbone, mrp, str(tmp_path / "saved"))
+    keys = set(json.load(open(tmp_path / "saved" / "config.json")))
+    assert {"num_nextn_predict_layers", "num_mrp_heads"} <= keys
+    b2, m2 = R.load_mrp(str(tmp_path / "saved"), device="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(mrp.state_dict().values(), m2.state_dict().values()))
+
+
+def test_module_equations(pair):
+    """h_C = norm(layers(eh_proj([enorm(E[ids]) ; hnorm(h)]))) and A + C = lm_head(h_A + h_C)."""
+    backbone, mrp = pair
+    ids = torch.randint(0, 75, (2, 8))
+    with torch.no_grad():
+        A, h = backbone(ids, return_hidden=True)
+        h_c = mrp(backbone, ids, h)
+        x = mrp.eh_proj(torch.cat([mrp.enorm(backbone.embed_tokens(ids)), mrp.hnorm(h)], -1))
+        assert torch.allclose(h_c, mrp.norm(M.run_layers(mrp.layers, backbone.rope, x, block_size=4)))
+        assert torch.allclose(backbone.lm_head(h + h_c), A + backbone.lm_head(h_c), atol=1e-5)
+
+
+def test_training_loss_learns_and_does_not_touch_the_backbone(pair):
+    backbone, _ = pair
+    torch.manual_seed(0)
+    head = R.MRP(backbone.config, 1)
+    head.init_weights()
+    before = [p.clone() for p in backbone.parameters()]
+    ids = torch.randint(0, 75, (4, 16))
+    pm = torch.zeros_like(ids, dtype=torch.bool)
+    pm[:, :4] = True
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-2)
+    losses = []
+    for step in range(30):
+        g = torch.Generator().manual_seed(step % 3)  # three fixed noise draws, so the loss can go down
+        loss = R.mrp_loss(backbone, head, ids, pm, g, 4, mrp_steps=2)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    assert all(torch.equal(a, b) for a, b in zip(before, backbone.parameters()))
+
+
+def test_reveal_one_masked_token_per_block():
+    ids = torch.arange(16).repeat(2, 1)
+    masked = torch.zeros(2, 16, dtype=torch.bool)
+    masked[0, [1, 2, 9]] = masked[1, [12, 13, 14, 15]] = True
+    x = torch.where(masked, 99, ids)
+    new, still = R.reveal(x, ids, masked, 4, torch.Generator().manual_seed(0))
+    assert (masked & ~still).sum(1).tolist() == [2, 1]  # blocks {1,2} and {9}; block {12..15}
+    assert torch.equal(new[~still], ids[~still])
+
+
+def test_verification_candidates_do_not_see_each_other():
+    m = R.verify_mask(torch.tensor([[True, True, False]]), 3, 2)  # prefix of 3 (one padded), 3 candidates of 2
+    assert m.shape == (1, 1, 6, 9)
+    assert m[0, 0, :, :3].tolist() == [[True, True, False]] * 6
+    assert m[0, 0, 2, 3:].tolist() == [False, False, True, True, False, False]
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_speculative_decoding_is_lossless(pair, steps):
+    backbone, mrp = pair
+    prompts = [torch.randint(0, 75, (n,)) for n in (5, 9, 6)]
+    for batch in ([prompts[0]], prompts):
+        static, s0 = D.block_generate(backbone, batch, gen_length=24, stop_ids=[])
+        spec, s1 = R.decode_mrp(backbone, batch, mrp=mrp, mode="spec", gen_length=24, block_length=4,
+                                mrp_steps=steps, stop_ids=[])
+        assert torch.equal(static, spec)
+        assert s1["verify_forwards"] > 0 and s1["accepted"] <= s1["drafts"]
+
+
+def test_direct_with_no_extra_steps_is_static_decoding(pair):
+    backbone, mrp = pair
+    prompt = torch.randint(0, 75, (7,))
+    static, s0 = D.block_generate(backbone, prompt, gen_length=16, stop_ids=[])
+    direct, s1 = R.decode_mrp(backbone, prompt, mrp=mrp, mode="direct", gen_length=16, block_length=4, mrp_steps=0,
+                              stop_ids=[])
+    assert torch.equal(static, direct) and s0["nfe"] == s1["nfe"]
+    _, s2 = R.decode_mrp(backbone, prompt, mrp=mrp, mode="direct", gen_length=16, block_length=4, mrp_steps=1, stop_ids=[])
+    assert s2["nfe"] < s0["nfe"] and s2["mrp_store_forwards"] == s0["store_forwards"] + s0["prefill_forwards"]
+
+
+@pytest.mark.parametrize("threshold", [0.05, 0.3])
+def test_remask_with_a_zero_residual_is_plain_dynamic_decoding(pair, threshold):
+    backbone, mrp = pair
+    zero = R.MRP(backbone.config, 1)
+    zero.init_weights()
+    with torch.no_grad():
+        zero.norm.weight.zero_()  # h_C = 0: the corrected logits are the backbone's
+    prompts = [torch.randint(0, 75, (n,)) for n in (6, 4)]
+    plain, _ = D.block_generate(backbone, prompts, gen_length=16, threshold=threshold, stop_ids=[])
+    remask, st = R.decode_mrp(backbone, prompts, mrp=zero, mode="remask", gen_length=16, block_length=4,
+                              threshold=threshold, stop_ids=[])
+    assert torch.equal(plain, remask) and st["revoked"] == 0
+    _, st = R.decode_mrp(backbone, prompts, mrp=mrp, mode="remask", gen_length=16, block_length=4,
+                         threshold=threshold, remask="code_delta", delta=0.0, stop_ids=[])
+    assert st["revoked"] > 0  # delta 0 vetoes every proposal but the guard's
+
+
+def test_bad_arguments(pair):
+    backbone, mrp = pair
+    with pytest.raises(ValueError, match="needs a threshold"):
+        R.decode_mrp(backbone, [1, 2], mrp=mrp, mode="remask", gen_length=8, block_length=4)
+    with pytest.raises(ValueError, match="mode 'fast'"):
+        R.decode_mrp(backbone, [1, 2], mrp=mrp, mode="fast", gen_length=8, block_length=4)
