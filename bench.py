@@ -4,6 +4,8 @@ Speed benchmarks: ratios measured in one run on one machine, never compared acro
   python bench.py decode     LLaDA vanilla vs Fast-dLLM threshold / prefix cache / dual cache at gen 256,
                              and SDAR with its KV cache vs recomputing the prefix at gen 512
   python bench.py load       peak memory of from_pretrained on a sharded ~1 GB checkpoint
+  python bench.py elastic    Elastic-dLLM compression vs the full canvas at gen 1024 and 4096 (LLaDA format),
+                             without and with Fast-dLLM's dual cache: milliseconds per forward
 
 Models are random and mid-size (built here, nothing downloaded). A random model's predictions are
 nearly uniform, so a confidence threshold would never fire; we scale its LM head so confidences spread
@@ -82,6 +84,35 @@ def bench_decode(args, device, dtype):
     return rows
 
 
+def bench_elastic(args, device, dtype):
+    """Milliseconds per forward of Fast-dLLM threshold decoding with and without Elastic-dLLM's compression
+    (r masks per future block plus the terminal block), at each --elastic-lengths generation length, alone
+    and with the dual cache. Whole generations are decoded; stats["seconds"] / nfe is the per-forward time."""
+    import mask_compress
+    llada = random_model("llada", device, dtype, args.n_embd, args.n_layer, args.vocab, args.head_scale)
+    prompt = torch.randint(0, args.vocab - 2, (args.prompt_length,), generator=torch.Generator().manual_seed(1))
+    blk, rows = args.block_length, []
+    decode.generate(llada, prompt, steps=blk, gen_length=blk, block_length=blk)  # warm-up
+    for G in args.elastic_lengths:
+        for cache in (None, "dual"):
+            for name, fn in (("full canvas", lambda: decode.generate(llada, prompt, gen_length=G, block_length=blk,
+                                                                     threshold=args.threshold, cache=cache)),
+                             (f"elastic r={args.r}", lambda: mask_compress.decode_elastic(
+                                 llada, prompt, gen_length=G, block_length=blk, threshold=args.threshold, r=args.r,
+                                 cache=cache))):
+                stats, sec = timed(fn, device)
+                rows.append({"gen_length": G, "cache": cache or "none", "run": name, "nfe": stats["nfe"],
+                             "ms_per_forward": 1000 * sec / stats["nfe"], "seconds": sec})
+            full, compressed = rows[-2], rows[-1]
+            compressed["speedup"] = full["ms_per_forward"] / compressed["ms_per_forward"]
+            full["speedup"] = 1.0
+    print(f"\n{'gen':>5} {'cache':5} {'run':14} {'nfe':>5} {'ms/forward':>11} {'seconds':>8} {'speedup':>8}")
+    for r in rows:
+        print(f"{r['gen_length']:5d} {r['cache']:5} {r['run']:14} {r['nfe']:5d} {r['ms_per_forward']:11.1f} "
+              f"{r['seconds']:8.1f} {r['speedup']:7.2f}x")
+    return rows
+
+
 def bench_load(args, device, dtype):
     """Write a sharded bf16 checkpoint of about --load-gb GB, then load it in a fresh process and report
     the peak resident memory above the bare import, as a multiple of the checkpoint's bytes."""
@@ -105,7 +136,7 @@ def bench_load(args, device, dtype):
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["decode", "load"], help="which benchmark")
+    ap.add_argument("what", choices=["decode", "load", "elastic"], help="which benchmark")
     ap.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
     ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                     help="default: bfloat16 on CUDA, float32 on CPU")
@@ -118,11 +149,14 @@ if __name__ == "__main__":
     ap.add_argument("--block-length", type=int, default=32, help="LLaDA block length")
     ap.add_argument("--threshold", type=float, default=0.9, help="Fast-dLLM confidence threshold")
     ap.add_argument("--sdar-gen-length", type=int, default=512, help="SDAR generation length (block 4, 4 steps)")
+    ap.add_argument("--elastic-lengths", type=lambda v: [int(x) for x in v.split(",")], default=[1024, 4096],
+                    help="elastic: comma-separated generation lengths")
+    ap.add_argument("--r", type=int, default=4, help="elastic: [MASK] tokens kept per intermediate future block")
     ap.add_argument("--load-gb", type=float, default=1.0, help="checkpoint size for the load benchmark")
     args = ap.parse_args()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(f"device={device} ({name}) dtype={dtype} torch={torch.__version__}")
-    rows = (bench_decode if args.what == "decode" else bench_load)(args, device, dtype)
+    rows = {"decode": bench_decode, "load": bench_load, "elastic": bench_elastic}[args.what](args, device, dtype)
     print(json.dumps({"bench": args.what, "device": name, "dtype": str(dtype), "command": " ".join(sys.argv), "rows": rows}))

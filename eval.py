@@ -32,6 +32,13 @@ from tokenizer import load_tokenizer
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_MODEL = os.path.join(HERE, "models", "tiny-llada")
 # generation length per task (block length: 32 for LLaDA, the checkpoint's block size for SDAR)
+# How each embedded checkpoint is made, for the message when one is missing from a checkout.
+EMBEDDED = {"tiny-llada": "python train.py --family llada --out models/tiny-llada",
+            "tiny-sdar": "python train.py --family sdar --out models/tiny-sdar",
+            "tiny-sdar-seqd": "python train_residual.py seqd --base models/tiny-sdar --out models/tiny-sdar-seqd",
+            "tiny-sdar-rcd": "python train_residual.py rcd --base models/tiny-sdar --reference models/tiny-sdar "
+                             "--out models/tiny-sdar-rcd",
+            "tiny-sdar-mrp": "python mrp.py train --backbone models/tiny-sdar --out models/tiny-sdar-mrp"}
 GEN_LENGTH = {"tiny": 56, "gsm8k": 256, "math500": 512, "aime24": 1024, "aime25": 1024, "humaneval": 512, "mbpp": 512}
 
 # -----------------------------------------------------------------------------
@@ -228,7 +235,8 @@ def main():
     ap.add_argument("--device", default=None, help="cuda / cpu / mps (default: cuda if available; under torchrun cuda:LOCAL_RANK)")
     ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                     help="default: the checkpoint's dtype on CUDA, float32 on CPU")
-    ap.add_argument("--samples", default=None, help="per-sample JSONL log prefix, also the resume point (default: runs/...)")
+    ap.add_argument("--samples", default=None, help="per-sample JSONL log, also the resume point (default: runs/TASK-METHOD-MODEL.jsonl; "
+                                                   "a counterpart run writes next to it)")
     ap.add_argument("--out", default=None, help="write the summary rows to this JSON file")
     ap.add_argument("--plot", default=None, help="with a comparison: accuracy vs tokens/forward PNG (needs matplotlib)")
     ap.add_argument("--allow-code-exec", action="store_true", help="run model-written code (HumanEval/MBPP) in a sandbox")
@@ -244,6 +252,10 @@ def main():
         runs.insert(0, (args.model if target == "same" else target, method))
     elif args.compare:
         raise SystemExit(f"--compare: --method {args.method} has no research counterpart; run eval.py twice instead")
+    for path, _ in runs:
+        name = os.path.basename(os.path.normpath(path))
+        if os.path.dirname(os.path.abspath(path)) == os.path.join(HERE, "models") and not os.path.isdir(path):
+            raise SystemExit(f"{path}: this embedded model is not in the checkout; make it with: {EMBEDDED.get(name, '?')}")
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:
@@ -272,8 +284,10 @@ def main():
         for s in settings:
             s["name"] = setting_name(s)
         name = os.path.basename(os.path.normpath(path))
-        samples = f"{args.samples}-{method}-{name}.jsonl" if args.samples else \
-            os.path.join("runs", f"{args.task}-{method}-{name}.jsonl")
+        samples = os.path.join("runs", f"{args.task}-{method}-{name}.jsonl")
+        if args.samples:  # the method's own run writes exactly there; its counterpart beside it
+            root, ext = os.path.splitext(args.samples)
+            samples = args.samples if (path, method) == runs[-1] else f"{root}-{method}-{name}{ext}"
         if world > 1:
             samples = f"{samples}.rank{rank}"
         os.makedirs(os.path.dirname(samples) or ".", exist_ok=True)

@@ -354,7 +354,7 @@ def main():
     t.add_argument("--mrp-steps", type=int, default=1, help="K chained reveals per training step (released: 1, k2: 2)")
     t.add_argument("--steps", type=int, default=1500, help="optimizer steps")
     t.add_argument("--batch-size", type=int, default=32, help="sequences per step")
-    t.add_argument("--length", type=int, default=96, help="prompt + answer tokens (a multiple of the block size)")
+    t.add_argument("--length", type=int, default=88, help="prompt + answer tokens (a multiple of the block size)")
     t.add_argument("--block-size", type=int, default=None, help="training block size (default: the backbone's)")
     t.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (the paper's)")
     t.add_argument("--init-std", type=float, default=0.2, help="std of every MRP parameter at initialisation")

@@ -104,8 +104,8 @@ def tiny_problem(rng):
         b, a = rng.choice([2, 2, 3]), rng.randint(2, 9)
         n = min(n, 5 - b)  # triples for at most 3 periods: products stay three-digit
         change, op = f"Every week {pron} {'doubles' if b == 2 else 'triples'} {poss} {item}.", "*"
-    else:  # two-digit start and rate; all four templates are 10 tokens long
-        b = rng.randint(10, 19)
+    else:  # two-digit start, one-digit rate: each of the four templates is 9 tokens long
+        b = rng.randint(2, 9)
         a = rng.randint(10, 99) if kind == "add" else rng.randint(b * n + 1, 99)
         change = rng.choice([f"Every week {pron} gets {b} more {item}.", f"Each day {pron} finds {b} more {item}."]
                             if kind == "add" else
@@ -113,10 +113,10 @@ def tiny_problem(rng):
         op = "+" if kind == "add" else "-"
     unit = "days" if "day" in change else "weeks"
     lines, cur = [], a
-    for _ in range(n):
-        new = {"+": cur + b, "-": cur - b, "*": cur * b}[op]
-        lines.append(f"{cur}{op}{b}={new}")
-        cur = new
+    for i in range(n):  # later lines start from the previous result without restating it: a model that
+        new = {"+": cur + b, "-": cur - b, "*": cur * b}[op]  # could copy it back from the next line would
+        lines.append(f"{f'{cur:03d}' if i == 0 else ''}{op}{b}={new:03d}")  # not learn to compute it; three
+        cur = new  # digits throughout, so each digit of the working sits at a fixed distance from its inputs
     question = f"{name} has {a} {item}. {change} How many {item} does {name} have after {n} {unit}?"
     return question, "\n".join(lines) + f"\n#### {cur}"
 

@@ -404,7 +404,8 @@ def fit(model, cfg, tok, args, out, rank, world, device, length, block_size, des
 
 def add_loop_args(ap, steps, lr, warmup, save_every, seed, eval_every):
     """The training loop's flags, shared by train.py, train_residual.py (and their GPU runs)."""
-    ap.add_argument("--steps", type=int, default=steps, help="optimizer steps")
+    ap.add_argument("--steps", type=int, default=steps, help="optimizer steps" + (
+        "" if steps else " (default: 3000 for llada, 2000 for sdar: under 30 minutes each on 2 CPU cores)"))
     ap.add_argument("--batch-size", type=int, default=32, help="sequences per micro-batch (per process)")
     ap.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     ap.add_argument("--lr", type=float, default=lr, help="peak learning rate (AdamW; warm-up, then cosine to 0.1x)")
@@ -423,17 +424,18 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--family", choices=["llada", "sdar"], required=True, help="checkpoint format and training recipe")
     ap.add_argument("--out", required=True, help="output folder (checkpoint, tokenizer, resumable train_state.pt)")
-    add_loop_args(ap, steps=5000, lr=2e-3, warmup=100, save_every=250, seed=0, eval_every=500)
+    add_loop_args(ap, steps=None, lr=2e-3, warmup=100, save_every=250, seed=0, eval_every=500)
     ap.add_argument("--n-embd", type=int, default=128, help="hidden size")
     ap.add_argument("--n-layer", type=int, default=6, help="layers")
     ap.add_argument("--n-head", type=int, default=4, help="attention heads (head_dim = n_embd / n_head)")
     ap.add_argument("--n-kv-head", type=int, default=None, help="key/value heads (default: n_head for llada, n_head/2 for sdar)")
     ap.add_argument("--length", type=int, default=None,
-                    help="llada: answer tokens, the gen_length used at inference (default 56); sdar: prompt + answer (default 96)")
+                    help="llada: answer tokens, the gen_length used at inference (default 56); sdar: prompt + answer (default 88)")
     ap.add_argument("--block-size", type=int, default=4, help="SDAR block size")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--fresh", action="store_true", help="ignore an existing train_state.pt and start over")
     args = ap.parse_args()
+    args.steps = args.steps or (3000 if args.family == "llada" else 2000)
     if args.threads:
         torch.set_num_threads(args.threads)
     rank, world, device = setup_distributed(args.device)
@@ -464,7 +466,7 @@ def main():
     if rank == 0:
         print(f"{args.family}: {sum(p.numel() for p in net.parameters()):,} parameters, vocab {tok.vocab_size} (padded {vocab})")
     model = parallelize(net.to(device), world, args.fsdp, args.checkpointing)
-    fit(model, cfg, tok, args, args.out, rank, world, device, args.length or (96 if sdar else 56), args.block_size,
+    fit(model, cfg, tok, args, args.out, rank, world, device, args.length or (84 if sdar else 56), args.block_size,
         f"train {args.family}")
 
 

@@ -6,6 +6,8 @@ import gzip
 import hashlib
 import json
 import os
+import random
+import re
 import time
 
 import pytest
@@ -367,3 +369,17 @@ def test_fixture_formats_are_real():
     assert set(rows[0]) == {"task_id", "prompt", "entry_point", "canonical_solution", "test"}
     with open(fixture("mbpp")) as f:
         assert {"task_id", "prompt", "code", "test_imports", "test_list"} <= set(json.load(f)[0])
+
+
+def test_tiny_problem_working_is_correct_and_fixed_width():
+    rng = random.Random(7)
+    for _ in range(500):
+        q, a = tasks.tiny_problem(rng)
+        *lines, final = a.split("\n")
+        cur, n = int(re.search(r"has (\d+) ", q).group(1)), int(re.search(r"after (\d) ", q).group(1))
+        assert len(lines) == n and lines[0].startswith(f"{cur:03d}")
+        for i, line in enumerate(lines):  # the first line states the start, later ones continue from the result
+            op, b, result = re.fullmatch(r"\d{3}([+*-])(\d)=(\d{3})" if i == 0 else r"([+*-])(\d)=(\d{3})", line).groups()
+            cur = {"+": cur + int(b), "-": cur - int(b), "*": cur * int(b)}[op]
+            assert int(result) == cur >= 0
+        assert final == f"#### {cur}"
