@@ -91,34 +91,29 @@ TINY_SEEDS = {"test": 1234, "dev": 4321}  # held-out splits; training draws from
 
 
 def tiny_problem(rng):
-    """One problem as (question, solution): a quantity that changes the same way for n periods, one solution
-    line per period, each starting from the previous line's result (borrows and carries included). Meant to
-    make committing many tokens per step hurt; measured, it does not yet (README, "Results"): line i's
-    result is a closed form of the question, so the embedded models compute it without the lines before.
-    The question's templates have equal token lengths and fixed digit counts, so the start, the rate and n
-    sit at fixed distances from the answer: a small model learns to read numbers at fixed offsets within a
-    few hundred steps, while finding them by content takes it thousands (README, "The built-in task")."""
-    name, pron, poss = rng.choice(NAMES)
-    item, n = rng.choice(ITEMS), rng.randint(2, 4)
-    kind = rng.choice(["add", "sub", "mul"])
-    if kind == "mul":  # one-digit start, so every question of this shape has the same layout
-        b, a = rng.choice([2, 2, 3]), rng.randint(2, 9)
-        n = min(n, 5 - b)  # triples for at most 3 periods: products stay three-digit
-        change, op = f"Every week {pron} {'doubles' if b == 2 else 'triples'} {poss} {item}.", "*"
-    else:  # two-digit start, one-digit rate: each of the four templates is 9 tokens long
-        b = rng.randint(2, 9)
-        a = rng.randint(10, 99) if kind == "add" else rng.randint(b * n + 1, 99)
-        change = rng.choice([f"Every week {pron} gets {b} more {item}.", f"Each day {pron} finds {b} more {item}."]
-                            if kind == "add" else
-                            [f"Each day {pron} gives away {b} {item}.", f"Every week {pron} uses up {b} {item}."])
-        op = "+" if kind == "add" else "-"
-    unit = "days" if "day" in change else "weeks"
+    """One problem as (question, solution): a quantity that changes by a rule depending on its own value -
+    halved when even, b more when odd - for n periods, one solution line per period, each starting from the
+    previous line's result. Which operation a line applies depends on the parity of the result above it,
+    and halving moves every digit, so no line can be written from the question alone without working out
+    the lines before it: a model that commits several lines' tokens in one step has to guess (README, "The
+    built-in task"). An earlier design (the same quantity changing by a fixed amount, +, - or x) did not do
+    this: its line i was start + i*rate, and the trained models wrote all lines at once without loss.
+    Layout: the question has one template whose tokens keep the same length for every name, item, unit and
+    number, and every number in the working has three digits, so each digit sits at a fixed distance from the
+    tokens it is computed from (a small model learns fixed offsets within a few hundred steps; finding
+    numbers by content takes it thousands). Later lines do not restate their left operand, which a masked
+    model could otherwise copy back from the line below instead of computing it."""
+    name, pron, _ = rng.choice(NAMES)
+    item, n, b = rng.choice(ITEMS), rng.randint(3, 5), rng.choice([3, 5, 7, 9])
+    unit = rng.choice(["day", "week"])
+    a = rng.randint(10, 99)
     lines, cur = [], a
-    for i in range(n):  # later lines start from the previous result without restating it: a model that
-        new = {"+": cur + b, "-": cur - b, "*": cur * b}[op]  # could copy it back from the next line would
-        lines.append(f"{f'{cur:03d}' if i == 0 else ''}{op}{b}={new:03d}")  # not learn to compute it; three
-        cur = new  # digits throughout, so each digit of the working sits at a fixed distance from its inputs
-    question = f"{name} has {a} {item}. {change} How many {item} does {name} have after {n} {unit}?"
+    for i in range(n):  # odd + odd b is even, so an addition is always followed by a halving
+        op, new = ("/2", cur // 2) if cur % 2 == 0 else (f"+{b}", cur + b)
+        lines.append(f"{f'{cur:03d}' if i == 0 else ''}{op}={new:03d}")
+        cur = new
+    question = (f"{name} has {a} {item}. Each {unit}, if the number is even {pron} gives away half, else {pron} "
+                f"gets {b} more. How many {item} after {n} {unit}s?")
     return question, "\n".join(lines) + f"\n#### {cur}"
 
 

@@ -372,14 +372,31 @@ def test_fixture_formats_are_real():
 
 
 def test_tiny_problem_working_is_correct_and_fixed_width():
-    rng = random.Random(7)
+    """Every line applies the rule to the previous result (halve if even, add b if odd), in three digits."""
+    rng, ops = random.Random(7), set()
     for _ in range(500):
         q, a = tasks.tiny_problem(rng)
         *lines, final = a.split("\n")
         cur, n = int(re.search(r"has (\d+) ", q).group(1)), int(re.search(r"after (\d) ", q).group(1))
+        b = int(re.search(r"gets (\d) more", q).group(1))
         assert len(lines) == n and lines[0].startswith(f"{cur:03d}")
         for i, line in enumerate(lines):  # the first line states the start, later ones continue from the result
-            op, b, result = re.fullmatch(r"\d{3}([+*-])(\d)=(\d{3})" if i == 0 else r"([+*-])(\d)=(\d{3})", line).groups()
-            cur = {"+": cur + int(b), "-": cur - int(b), "*": cur * int(b)}[op]
-            assert int(result) == cur >= 0
+            op, arg, result = re.fullmatch(r"\d{3}([+/])(\d)=(\d{3})" if i == 0 else r"([+/])(\d)=(\d{3})", line).groups()
+            assert (op, int(arg)) == (("/", 2) if cur % 2 == 0 else ("+", b))
+            cur = cur // 2 if op == "/" else cur + b
+            assert int(result) == cur > 0
+            ops.add(op)
         assert final == f"#### {cur}"
+    assert ops == {"+", "/"}
+
+
+def test_tiny_problem_needs_the_previous_lines():
+    """A line's operation is not a function of its position (as it was when every line added the same rate):
+    for each number of lines, many different sequences of operations occur."""
+    rng = random.Random(11)
+    seqs = {}
+    for _ in range(2000):
+        q, a = tasks.tiny_problem(rng)
+        ops = "".join(line[3] if i == 0 else line[0] for i, line in enumerate(a.split("\n")[:-1]))
+        seqs.setdefault(len(ops), set()).add(ops)
+    assert all(len(s) >= 4 for s in seqs.values())  # many different operation sequences for each length
