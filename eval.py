@@ -17,6 +17,7 @@ merged on rank 0. Metrics follow ../shared/spec/eval.md: accuracy by the task's 
 that decide tokens), generated tokens up to the first stop id, tokens per forward, wall seconds.
 """
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -34,11 +35,14 @@ DEFAULT_MODEL = os.path.join(HERE, "models", "tiny-llada")
 # generation length per task (block length: 32 for LLaDA, the checkpoint's block size for SDAR)
 # How each embedded checkpoint is made, for the message when one is missing from a checkout.
 EMBEDDED = {"tiny-llada": "python train.py --family llada --out models/tiny-llada",
-            "tiny-sdar": "python train.py --family sdar --out models/tiny-sdar",
+            "tiny-sdar": "python train.py --family sdar --block-size 16 --out models/tiny-sdar",
             "tiny-sdar-seqd": "python train_residual.py seqd --base models/tiny-sdar --out models/tiny-sdar-seqd",
             "tiny-sdar-rcd": "python train_residual.py rcd --base models/tiny-sdar --reference models/tiny-sdar "
                              "--out models/tiny-sdar-rcd",
-            "tiny-sdar-mrp": "python mrp.py train --backbone models/tiny-sdar --out models/tiny-sdar-mrp"}
+            "tiny-sdar-mrp": "python mrp.py train --backbone models/tiny-sdar --out models/tiny-sdar-mrp",
+            "tiny-llada-seqd": "python train_residual.py seqd --base models/tiny-llada --out models/tiny-llada-seqd",
+            "tiny-llada-rcd": "python train_residual.py rcd --base models/tiny-llada --reference models/tiny-llada "
+                              "--out models/tiny-llada-rcd"}
 GEN_LENGTH = {"tiny": 56, "gsm8k": 256, "math500": 512, "aime24": 1024, "aime25": 1024, "humaneval": 512, "mbpp": 512}
 
 # -----------------------------------------------------------------------------
@@ -115,6 +119,9 @@ METHODS = {
     "mrp-remask": mrp_mode("remask"),
     "elastic": decode_elastic,
 }
+# The knobs a method reads beyond the common ones (a logged sample is tied to their values, see fingerprint).
+METHOD_KNOBS = {"rcd": ("t_res", "rcd_init"), "mrp-direct": ("mrp_steps",), "mrp-spec": ("mrp_steps",),
+                "mrp-remask": ("mrp_steps", "remask", "delta"), "elastic": ("r",)}
 # A research method is reported next to the plain decoder it improves on, at the same settings: which one,
 # on which checkpoint by default ("same": the method's own), and the defaults of `python eval.py --method X`.
 COUNTERPART = {"rcd": ("threshold", os.path.join(HERE, "models", "tiny-sdar-seqd")),
@@ -147,6 +154,31 @@ def setting_name(s):
     return ",".join(f"{k}={s[k]}" for k in keys) or f"steps={s['gen_length'] if s['family'] == 'llada' else s['block_length']}"
 
 
+def fingerprint(folders, s, args, dtype):
+    """What a logged sample depends on besides its problem: the weights (size and the first and last MiB of
+    every weight file: retraining changes them), the setting with every knob, the dtype and the seed. A log
+    line carries hash(fingerprint + problem), so a resumed run never reuses results of another model, data or
+    settings (e.g. a changed --gen-length)."""
+    h = hashlib.sha256()
+    for folder, name in sorted((d, n) for d in folders for n in os.listdir(d)):
+        if name.endswith((".safetensors", ".bin", ".pt")) and name != "train_state.pt":
+            path = os.path.join(folder, name)
+            size = os.path.getsize(path)
+            with open(path, "rb") as f:
+                h.update(f"{name}:{size}".encode() + f.read(1 << 20))
+                f.seek(max(0, size - (1 << 20)))
+                h.update(f.read(1 << 20))
+    used = ("method", "family", "gen_length", "block_length", "name", "temperature", "cache",  # name: the
+            *METHOD_KNOBS.get(s["method"], ()))  # effective steps / threshold, so --steps 56 reuses a default run
+    knobs = {k: s[k] for k in used}
+    h.update(json.dumps([knobs, str(dtype), args.seed, args.task], sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def sample_key(fp, record):
+    return hashlib.sha256((fp + json.dumps([record["question"], record["gold"]], default=str)).encode()).hexdigest()[:16]
+
+
 def run_setting(net, tok, records, s, args, done, log, bar):
     """Generate and score every record of one setting, in batches, appending each result to `log`."""
     todo = [r for r in records if (s["name"], r["id"]) not in done]
@@ -166,7 +198,7 @@ def run_setting(net, tok, records, s, args, done, log, bar):
             scored = [(a, tasks.is_correct(args.task, a, r["gold"]), rule) for r, (a, rule) in
                       zip(batch, (tasks.extract_with_rule(args.task, o) for o in outputs))]
         for j, (r, out, (answer, ok, rule)) in enumerate(zip(batch, outputs, scored)):
-            row = {"setting": s["name"], "id": r["id"], "output": out, "extracted": answer, "correct": bool(ok),
+            row = {"setting": s["name"], "id": r["id"], "key": sample_key(s["fingerprint"], r), "output": out, "extracted": answer, "correct": bool(ok),
                    "rule": rule, "nfe": stats["nfe_per_sample"][j], "tokens": stats["gen_tokens"][j],
                    "seconds": stats["seconds"] / len(batch)}
             log.write(json.dumps(row) + "\n")
@@ -283,6 +315,8 @@ def main():
         settings = [dict(base, steps=st, threshold=th) for st in steps for th in thresholds]
         for s in settings:
             s["name"] = setting_name(s)
+            s["fingerprint"] = fingerprint([model_lib.resolve(p) for p in (path, s.get("reference") and args.reference) if p],
+                                           s, args, dtype)
         name = os.path.basename(os.path.normpath(path))
         samples = os.path.join("runs", f"{args.task}-{method}-{name}.jsonl")
         if args.samples:  # the method's own run writes exactly there; its counterpart beside it
@@ -293,10 +327,15 @@ def main():
         os.makedirs(os.path.dirname(samples) or ".", exist_ok=True)
         done = {}
         if os.path.exists(samples):  # resume: every line is one finished sample
+            wanted = {(s["name"], r["id"]): sample_key(s["fingerprint"], r) for s in settings for r in shard}
             with open(samples) as f:
-                for line in f:
+                for n_line, line in enumerate(f, 1):
                     row = json.loads(line)
-                    done[(row["setting"], row["id"])] = row
+                    key = (row["setting"], row["id"])
+                    if key in wanted and row.get("key") != wanted[key]:
+                        raise SystemExit(f"{samples}, line {n_line}: written by another model, data or setting "
+                                         f"({row['setting']}, {row['id']}); move the file away or name another with --samples")
+                    done[key] = row
         device_name = torch.cuda.get_device_name(net.lm_head.weight.device) if net.lm_head.weight.is_cuda else "CPU"
         if rank == 0:
             print(f"{args.task}: {info['n']} problems from {info['source']} (sha256 {info['sha256'] or '-'}); "

@@ -103,6 +103,10 @@ def test_eval_runs_resumes_and_keeps_totals(trained, tmp_path):
     for key in ("n", "accuracy", "nfe", "tokens"):
         assert first["rows"][0][key] == second["rows"][0][key]
     assert first["rows"][0]["nfe"] == 16 and json.load(open(tmp_path / "r.json"))["device"] == "CPU"
+    # the same log with another setting that keeps the setting's name: refused, and the log is left as it was
+    changed = run(*[("16" if a == "8" else a) for a in args], check=False)  # --block-length 8 -> 16
+    assert changed.returncode != 0 and "written by another model, data or setting" in changed.stderr
+    assert len(open(log).read().splitlines()) == 6
 
 
 def test_eval_sweeps_thresholds_on_sdar(trained, tmp_path):
