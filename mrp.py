@@ -208,17 +208,21 @@ def denoise_spec(run):
                                           attn_mask=verify_mask(st.valid[:, :lo], n, L), return_hidden=True)
             count_step(st, lo, hi)
             run.stats["verify_forwards"] += 1
-            accepted = 0  # the longest prefix of drafts the backbone would have picked itself, batch-wide
+            # per row, the longest prefix of drafts the backbone would have picked itself
+            B, live = st.x.shape[0], masks_left(st, lo, hi)
+            accepted, agreeing = torch.zeros(B, dtype=torch.long, device=st.x.device), live.clone()
             for k in range(n - 1):
                 transfer, x0 = static_pick(st, states[k], v_logits[:, k * L:(k + 1) * L], lo, hi)
-                if not (torch.equal(transfer, picks[k][0]) and torch.equal(torch.where(transfer, x0, -1), picks[k][1])):
-                    break
-                accepted += 1
-            run.stats["drafts"] += n - 1
-            run.stats["accepted"] += accepted
-            logits, hidden = v_logits[:, accepted * L:(accepted + 1) * L], v_hidden[:, accepted * L:(accepted + 1) * L]
-            transfer, x0 = static_pick(st, states[accepted], logits, lo, hi)  # the bonus token
-            st.x[:, lo:hi] = torch.where(transfer, x0, states[accepted])
+                agreeing &= (transfer == picks[k][0]).all(1) & (torch.where(transfer, x0, -1) == picks[k][1]).all(1)
+                accepted += agreeing
+            run.stats["drafts"] += (n - 1) * int(live.sum())
+            run.stats["accepted"] += int(accepted.sum())
+            rows = torch.arange(B, device=st.x.device)
+            logits = v_logits.view(B, n, L, -1)[rows, accepted]                  # (B, L, V): each row's own state
+            hidden = v_hidden.view(B, n, L, -1)[rows, accepted]
+            state = torch.stack(states, 1)[rows, accepted]                       # (B, L)
+            transfer, x0 = static_pick(st, state, logits, lo, hi)  # the bonus token
+            st.x[:, lo:hi] = torch.where(transfer, x0, state)
             run.stats["bonus"] += int(transfer.any(1).sum())
         run.store(st, lo, hi)
     return denoise
@@ -352,9 +356,9 @@ def main():
     t.add_argument("--out", default="models/tiny-sdar-mrp", help="output folder (official MRP checkpoint layout)")
     t.add_argument("--layers", type=int, default=3, help="MRP decoder layers (the released heads: 3)")
     t.add_argument("--mrp-steps", type=int, default=1, help="K chained reveals per training step (released: 1, k2: 2)")
-    t.add_argument("--steps", type=int, default=1500, help="optimizer steps")
+    t.add_argument("--steps", type=int, default=600, help="optimizer steps")
     t.add_argument("--batch-size", type=int, default=32, help="sequences per step")
-    t.add_argument("--length", type=int, default=88, help="prompt + answer tokens (a multiple of the block size)")
+    t.add_argument("--length", type=int, default=96, help="prompt + answer tokens (a multiple of the block size)")
     t.add_argument("--block-size", type=int, default=None, help="training block size (default: the backbone's)")
     t.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (the paper's)")
     t.add_argument("--init-std", type=float, default=0.2, help="std of every MRP parameter at initialisation")
