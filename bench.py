@@ -88,8 +88,11 @@ def bench_elastic(args, device, dtype):
     """Milliseconds per forward with and without Elastic-dLLM's compression, at each --elastic-lengths
     generation length: one forward over the whole canvas versus one over the columns `elastic_feed` keeps
     (prompt, history, current block, r masks per later block, terminal block, original positions), with the
-    current block first and in the middle of the generation. Median of --repeats forwards each. (Whole
-    generations at 4,096 tokens take hours on a CPU; the cached variant is not measured here yet.)"""
+    current block first and in the middle of the generation. Median of --repeats forwards each. Then whole
+    generations at --elastic-decode-length with threshold decoding, without a cache and with Fast-dLLM's dual
+    cache, full canvas versus compressed: seconds per generation (a dual cache refreshes with one forward
+    over everything fed at each block's first step, and compression shortens both that forward and the
+    keys every later step attends to). Whole generations at 4,096 tokens take too long on a CPU."""
     import mask_compress
     llada = random_model("llada", device, dtype, args.n_embd, args.n_layer, args.vocab, args.head_scale)
     P, blk, rows = args.prompt_length, args.block_length, []
@@ -111,10 +114,22 @@ def bench_elastic(args, device, dtype):
                 comp = ms(x[:, cols], cols[None])
                 rows.append({"gen_length": G, "block": where, "tokens_full": P + G, "tokens_kept": len(cols),
                              "ms_full": full, "ms_elastic": comp, "speedup": full / comp})
-    print(f"\n{'gen':>5} {'block':13} {'tokens':>7} {'kept':>6} {'ms full':>8} {'ms elastic':>11} {'speedup':>8}")
-    for r in rows:
-        print(f"{r['gen_length']:5d} {r['block']:13} {r['tokens_full']:7d} {r['tokens_kept']:6d} {r['ms_full']:8.1f} "
-              f"{r['ms_elastic']:11.1f} {r['speedup']:7.2f}x")
+        G, prompt = args.elastic_decode_length, x[0, :P]
+        decode.generate(llada, prompt, gen_length=blk, block_length=blk, threshold=args.threshold, cache="dual")  # warm-up
+        for cache in (None, "dual"):
+            kw = dict(gen_length=G, block_length=blk, threshold=args.threshold, cache=cache)
+            full, sec_full = timed(lambda: decode.generate(llada, prompt, **kw), device)
+            comp, sec_comp = timed(lambda: mask_compress.decode_elastic(llada, prompt, r=args.r, **kw), device)
+            rows.append({"gen_length": G, "block": f"whole, {cache or 'no'} cache", "tokens_full": P + G,
+                         "tokens_kept": comp["active_max"], "nfe_full": full["nfe"],
+                         "nfe_elastic": comp["nfe"], "ms_full": 1000 * sec_full, "ms_elastic": 1000 * sec_comp,
+                         "speedup": sec_full / sec_comp})
+    print(f"\n{'gen':>5} {'forward':22} {'tokens':>7} {'kept':>6} {'ms full':>9} {'ms elastic':>11} {'speedup':>8}"
+          f" {'nfe full/elastic':>17}")
+    for r in rows:  # whole generations: the random model's choices differ between layouts, hence the nfe
+        nfe = f"{r['nfe_full']}/{r['nfe_elastic']}" if "nfe_full" in r else ""
+        print(f"{r['gen_length']:5d} {r['block']:22} {r['tokens_full']:7d} {r['tokens_kept']:6d} "
+              f"{r['ms_full']:9.1f} {r['ms_elastic']:11.1f} {r['speedup']:7.2f}x {nfe:>17}")
     return rows
 
 
@@ -157,6 +172,8 @@ if __name__ == "__main__":
     ap.add_argument("--elastic-lengths", type=lambda v: [int(x) for x in v.split(",")], default=[1024, 4096],
                     help="elastic: comma-separated generation lengths")
     ap.add_argument("--r", type=int, default=4, help="elastic: [MASK] tokens kept per intermediate future block")
+    ap.add_argument("--elastic-decode-length", type=int, default=1024,
+                    help="elastic: generation length of the whole-generation runs (threshold, no cache / dual cache)")
     ap.add_argument("--repeats", type=int, default=3, help="elastic: timed forwards per measurement (median)")
     ap.add_argument("--load-gb", type=float, default=1.0, help="checkpoint size for the load benchmark")
     args = ap.parse_args()
