@@ -113,7 +113,7 @@ def main():
     if args.stage == "rcd":  # measure the target as it will be used: with residuals (cold start)
         decoder = lambda net, prompts: residual.decode_rcd(net, prompts, gen_length=56, block_length=block_size if
                                                            family == "sdar" else 8)
-    train.fit(model, cfg, tok, args, args.out, rank, world, device, args.length or (56 if family == "llada" else 88),
+    train.fit(model, cfg, tok, args, args.out, rank, world, device, args.length or (56 if family == "llada" else 96),
               block_size, f"{args.stage} {family}", sample=(lambda rng: rng.choice(pairs)) if pairs else tasks.tiny_problem,
               residual=residual_input(ref, family, block_size, cfg.mask_token_id) if ref is not None else None,
               decoder=decoder)
