@@ -4,6 +4,8 @@ Speed benchmarks: ratios measured in one run on one machine, never compared acro
   python bench.py decode     LLaDA vanilla vs Fast-dLLM threshold / prefix cache / dual cache at gen 256,
                              and SDAR with its KV cache vs recomputing the prefix at gen 512
   python bench.py load       peak memory of from_pretrained on a sharded ~1 GB checkpoint
+  python bench.py rcd        RCD's per-forward overhead over plain decoding (embedded models; random models
+                             with LLaDA-8B's / SDAR-8B's vocabulary-to-parameters ratio)
   python bench.py elastic    Elastic-dLLM compression vs the full canvas at gen 1024 and 4096 (LLaDA format):
                              milliseconds per forward
 
@@ -133,6 +135,64 @@ def bench_elastic(args, device, dtype):
     return rows
 
 
+def bench_rcd(args, device, dtype):
+    """RCD's per-step overhead: seconds per forward of RCD decoding (cold start, so it makes exactly the
+    forwards plain decoding makes) over plain decoding, same model, same prompts, same fixed schedule.
+    RCD's extra work per forward is the entropy and softmax(z) @ E at the still-masked positions (V x C
+    multiply-adds each, as much again as the LM head there) and the mix; relative to a forward it scales with
+    V*C over the parameters a token passes through. Models: the embedded pairs as eval.py runs them (a batch
+    of --rcd-batch test problems: tiny-llada-rcd in one block of 56, tiny-sdar-rcd in blocks of 32, 4 tokens
+    per step), and, one prompt at a time, random LLaDA- and SDAR-format models whose vocabularies are sized
+    so that V*C / (non-embedding parameters) equals LLaDA-8B's (126464 * 4096 / 6.98e9 = 0.074) and
+    SDAR-8B's (151936 * 4096 / 6.95e9 = 0.090): LLaDA gen --gen-length in blocks of --block-length, SDAR gen
+    --sdar-gen-length in blocks of 32 with its KV cache, both 2 tokens per step. Plain and RCD alternate
+    --repeats times; medians."""
+    import residual
+    import tasks
+    import tokenizer as T
+    runs, here = [], os.path.dirname(os.path.abspath(__file__))
+    for family, kw in (("llada", dict(gen_length=56, block_length=56, steps=14)),
+                       ("sdar", dict(gen_length=56, block_length=32, steps=8))):
+        folder = os.path.join(here, "models", f"tiny-{family}-rcd")
+        tok = T.load_tokenizer(folder)
+        prompts = [tok.encode(tok.apply_chat_template(tasks.prompt_messages("tiny", r)))
+                   for r in tasks.tiny_records("test", n=args.rcd_batch)]
+        runs.append((f"embedded tiny-{family}-rcd", M.from_pretrained(folder, device, dtype), prompts, kw))
+    C, L = args.n_embd, args.n_layer
+    for family, ratio, per_layer, kw in (
+            ("llada", 0.0742, 13 * C * C, dict(gen_length=args.gen_length, block_length=args.block_length,
+                                               steps=args.gen_length // 2)),
+            ("sdar", 0.0895, 11.5 * C * C, dict(gen_length=args.sdar_gen_length, block_length=32, steps=16,
+                                                 stop_ids=[]))):  # a random model never stops
+        vocab = round(ratio * L * per_layer / C)  # random_model: MLP width 3C; SDAR with 4x fewer KV heads
+        net = random_model(family, device, dtype, C, L, vocab, args.head_scale)
+        prompt = torch.randint(0, vocab - 2, (1, args.prompt_length), generator=torch.Generator().manual_seed(1))
+        runs.append((f"random {family.upper()}-format, V={vocab}", net, prompt, kw))
+    rows = []
+    with torch.no_grad():
+        for name, net, p, kw in runs:
+            if net.config.family == "llada":
+                plain = lambda: decode.generate(net, p, **kw)
+            else:
+                plain = lambda: decode.block_generate(net, p, gen_length=kw["gen_length"], block_length=kw["block_length"],
+                                                      denoising_steps=kw["steps"], stop_ids=kw.get("stop_ids"))
+            rcd = lambda: residual.decode_rcd(net, p, **kw)
+            rcd(), plain()  # warm-up
+            sec = {"plain": [], "rcd": []}
+            for _ in range(args.repeats):
+                for which, fn in (("plain", plain), ("rcd", rcd)):
+                    stats, s = timed(fn, device)
+                    sec[which].append(s / stats["nfe"])
+            med = {k: sorted(v)[len(v) // 2] for k, v in sec.items()}
+            rows.append({"model": name, "batch": len(p), "nfe": stats["nfe"], "ms_per_forward_plain": 1000 * med["plain"],
+                         "ms_per_forward_rcd": 1000 * med["rcd"], "overhead": med["rcd"] / med["plain"] - 1})
+    print(f"\n{'model':32} {'batch':>5} {'nfe':>4} {'ms/forward plain':>17} {'ms/forward RCD':>15} {'overhead':>9}")
+    for r in rows:
+        print(f"{r['model']:32} {r['batch']:5d} {r['nfe']:4d} {r['ms_per_forward_plain']:17.2f} "
+              f"{r['ms_per_forward_rcd']:15.2f} {100 * r['overhead']:8.1f}%")
+    return rows
+
+
 def bench_load(args, device, dtype):
     """Write a sharded bf16 checkpoint of about --load-gb GB, then load it in a fresh process and report
     the peak resident memory above the bare import, as a multiple of the checkpoint's bytes."""
@@ -156,7 +216,7 @@ def bench_load(args, device, dtype):
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["decode", "load", "elastic"], help="which benchmark")
+    ap.add_argument("what", choices=["decode", "load", "elastic", "rcd"], help="which benchmark")
     ap.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
     ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                     help="default: bfloat16 on CUDA, float32 on CPU")
@@ -175,11 +235,12 @@ if __name__ == "__main__":
     ap.add_argument("--elastic-decode-length", type=int, default=1024,
                     help="elastic: generation length of the whole-generation runs (threshold, no cache / dual cache)")
     ap.add_argument("--repeats", type=int, default=3, help="elastic: timed forwards per measurement (median)")
+    ap.add_argument("--rcd-batch", type=int, default=50, help="rcd: prompts per batch (eval.py's --batch-size 50)")
     ap.add_argument("--load-gb", type=float, default=1.0, help="checkpoint size for the load benchmark")
     args = ap.parse_args()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(f"device={device} ({name}) dtype={dtype} torch={torch.__version__}")
-    rows = {"decode": bench_decode, "load": bench_load, "elastic": bench_elastic}[args.what](args, device, dtype)
+    rows = {"decode": bench_decode, "load": bench_load, "elastic": bench_elastic, "rcd": bench_rcd}[args.what](args, device, dtype)
     print(json.dumps({"bench": args.what, "device": name, "dtype": str(dtype), "command": " ".join(sys.argv), "rows": rows}))

@@ -32,19 +32,38 @@ import torch.nn.functional as F
 import decode
 
 
+def residual_terms(logits, embedding=None, t_res=1.0, alpha_scale=1.0, chunk=256):
+    """(alpha, delta) for logits of any shape (..., V), chunked over positions: alpha = H(softmax(z / T_res)) /
+    log V in fp32, with 0 log 0 = 0, clipped to [0, 1] (Eq. 3); delta = softmax(z) @ E in E's dtype (Eq. 1;
+    None without an embedding). One log-softmax per chunk serves both when T_res = 1 (the per-step cost)."""
+    V, lead = logits.shape[-1], logits.shape[:-1]
+    alphas, deltas = [], []
+    for z in logits.reshape(-1, V).split(chunk):
+        logp = F.log_softmax(z.float(), dim=-1)
+        p = logp.exp()
+        if embedding is not None:
+            deltas.append(p.to(embedding.dtype) @ embedding)
+        if t_res != 1:
+            logp = F.log_softmax(z.float() / t_res, dim=-1)
+            p = logp.exp()
+        h = -(p * logp).nan_to_num().sum(-1)  # exp(-inf) * -inf = nan -> 0
+        alphas.append((alpha_scale * h / math.log(V)).clamp(0.0, 1.0))
+    alpha = torch.cat(alphas).reshape(lead) if alphas else logits.new_zeros(lead, dtype=torch.float32)
+    if embedding is None:
+        return alpha, None
+    C = embedding.shape[1]
+    delta = torch.cat(deltas).reshape(*lead, C) if deltas else logits.new_zeros(*lead, C, dtype=embedding.dtype)
+    return alpha, delta
+
+
 def entropy_weight(logits, t_res=1.0, alpha_scale=1.0):
-    """alpha = H(softmax(z / T_res)) / log V, in fp32, with 0 log 0 = 0, clipped to [0, 1] (Eq. 3)."""
-    logp = F.log_softmax(logits.float() / t_res, dim=-1)
-    h = -(logp.exp() * logp).nan_to_num().sum(-1)  # exp(-inf) * -inf = nan -> 0
-    return (alpha_scale * h / math.log(logits.shape[-1])).clamp(0.0, 1.0)
+    """alpha (Eq. 3) alone."""
+    return residual_terms(logits, None, t_res, alpha_scale)[0]
 
 
 def soft_token(logits, embedding, chunk=256):
-    """delta = softmax(z) @ E (Eq. 1), for a (N, V) stack of logits, chunked over positions."""
-    out = []
-    for z in logits.split(chunk):
-        out.append(F.softmax(z.float(), dim=-1).to(embedding.dtype) @ embedding)
-    return torch.cat(out) if out else logits.new_zeros(0, embedding.shape[1], dtype=embedding.dtype)
+    """delta (Eq. 1) alone."""
+    return residual_terms(logits, embedding, chunk=chunk)[1]
 
 
 def mix(embeds, ids, mask_id, mask_embedding, alpha, delta):
@@ -68,9 +87,11 @@ class Residual:
         self.ref_cache, self.stats = None, {"ref_forwards": 0, "self_forwards": 0}
 
     def _grow(self, B, n, C, device):
-        """Allocate (or extend, keeping what was predicted) the per-position state to n positions."""
+        """Allocate (or extend, keeping what was predicted) the per-position state to at least n positions;
+        doubling, so SDAR's block-by-block growth copies O(n) in total."""
         have = 0 if self.alpha is None else self.alpha.shape[1]
         if n > have:
+            n = max(n, 2 * have)
             pad = lambda t, *shape, **kw: torch.cat([t, torch.zeros(B, n - have, *shape, device=device, **kw)], 1) \
                 if t is not None else torch.zeros(B, n, *shape, device=device, **kw)
             self.alpha, self.seen = pad(self.alpha), pad(self.seen, dtype=torch.bool)
@@ -81,8 +102,8 @@ class Residual:
         mask = ids == self.model.config.mask_token_id
         rows = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(ids)[mask]
         z = logits[mask]
-        self.alpha[rows, pos[mask]] = entropy_weight(z, self.t_res, self.alpha_scale)
-        self.delta[rows, pos[mask]] = soft_token(z, self.model.embed_tokens.weight)
+        self.alpha[rows, pos[mask]], self.delta[rows, pos[mask]] = residual_terms(
+            z, self.model.embed_tokens.weight, self.t_res, self.alpha_scale)
         self.seen[rows, pos[mask]] = True
 
     def __call__(self, model, ids, position_ids=None, cache=None, cache_start=0, kv_end=None, **kw):
@@ -90,7 +111,7 @@ class Residual:
         pos = (torch.arange(cache_start, cache_start + T, device=ids.device) if position_ids is None
                else position_ids).expand(B, T)
         emb_w = model.embed_tokens.weight
-        self._grow(B, max(model.config.max_seq_len, int(pos.max()) + 1), emb_w.shape[1], ids.device)
+        self._grow(B, int(pos.max()) + 1, emb_w.shape[1], ids.device)
         call = dict(position_ids=pos, cache=cache, cache_start=cache_start, kv_end=kv_end, **kw)
         fresh = ((ids == model.config.mask_token_id) & ~self.seen.gather(1, pos)).any()
         if self.reference is not None and cache is not None and (fresh or not (ids == model.config.mask_token_id).any()):
