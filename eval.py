@@ -35,7 +35,7 @@ DEFAULT_MODEL = os.path.join(HERE, "models", "tiny-llada")
 # generation length per task (block length: 32 for LLaDA, the checkpoint's block size for SDAR)
 # How each embedded checkpoint is made, for the message when one is missing from a checkout.
 EMBEDDED = {"tiny-llada": "python train.py --family llada --out models/tiny-llada",
-            "tiny-sdar": "python train.py --family sdar --block-size 16 --out models/tiny-sdar",
+            "tiny-sdar": "python train.py --family sdar --block-size 32 --out models/tiny-sdar",
             "tiny-sdar-seqd": "python train_residual.py seqd --base models/tiny-sdar --out models/tiny-sdar-seqd",
             "tiny-sdar-rcd": "python train_residual.py rcd --base models/tiny-sdar --reference models/tiny-sdar "
                              "--out models/tiny-sdar-rcd",
@@ -105,7 +105,7 @@ def decode_elastic(model, prompts, s):
     import mask_compress
     return mask_compress.decode_elastic(model, prompts, gen_length=s["gen_length"], block_length=s["block_length"],
                                         steps=s["steps"], threshold=s["threshold"], r=s["r"], cache=s["cache"],
-                                        temperature=s["temperature"])
+                                        budget=s["budget"], positions=s["positions"], temperature=s["temperature"])
 
 
 METHODS = {
@@ -121,14 +121,14 @@ METHODS = {
 }
 # The knobs a method reads beyond the common ones (a logged sample is tied to their values, see fingerprint).
 METHOD_KNOBS = {"rcd": ("t_res", "rcd_init"), "mrp-direct": ("mrp_steps",), "mrp-spec": ("mrp_steps",),
-                "mrp-remask": ("mrp_steps", "remask", "delta"), "elastic": ("r",)}
+                "mrp-remask": ("mrp_steps", "remask", "delta"), "elastic": ("r", "budget", "positions")}
 # A research method is reported next to the plain decoder it improves on, at the same settings: which one,
 # on which checkpoint by default ("same": the method's own), and the defaults of `python eval.py --method X`.
 COUNTERPART = {"rcd": ("threshold", os.path.join(HERE, "models", "tiny-llada-seqd")),
                "mrp-direct": ("baseline", "same"), "mrp-spec": ("baseline", "same"),
                "mrp-remask": ("threshold", "same"), "elastic": ("baseline", "same")}
 # rcd: the LLaDA-format pair in one block of 56, where parallel decoding costs accuracy (README, "Results";
-# the SDAR-format pair, models/tiny-sdar-rcd vs --compare models/tiny-sdar-seqd, loses almost nothing).
+# the SDAR-format pair is models/tiny-sdar-rcd with --compare models/tiny-sdar-seqd).
 DEFAULTS = {"rcd": dict(model=os.path.join(HERE, "models", "tiny-llada-rcd"), thresholds="0.3,0.5,0.7,0.9",
                         block_length=56),
             "mrp-direct": dict(model=os.path.join(HERE, "models", "tiny-sdar-mrp")),
@@ -190,7 +190,10 @@ def run_setting(net, tok, records, s, args, done, log, bar):
         batch = todo[i:i + args.batch_size]
         prompts = [tok.encode(tok.apply_chat_template(tasks.prompt_messages(args.task, r))) for r in batch]
         torch.manual_seed(args.seed)
-        x, stats = METHODS[s["method"]](net, prompts, s)
+        try:
+            x, stats = METHODS[s["method"]](net, prompts, s)
+        except ValueError as e:  # a decoder refusing these settings (lengths, steps, budget): one line, log kept
+            raise SystemExit(f"--method {s['method']} ({s['name']}): {e}") from None
         outputs = [tok.decode(x[j, st:st + n].tolist(), skip_special_tokens=True)
                    for j, (st, n) in enumerate(zip(stats["gen_start"], stats["gen_tokens"]))]
         if code_task:
@@ -265,6 +268,10 @@ def main():
     ap.add_argument("--remask", choices=["published", "code_delta"], default="published", help="mrp-remask: the rule")
     ap.add_argument("--delta", type=float, default=2.0, help="mrp-remask code_delta: the |C| veto")
     ap.add_argument("--r", type=int, default=4, help="elastic: [MASK] tokens kept per intermediate future block")
+    ap.add_argument("--budget", type=int, default=None, help="elastic (LLaDA): fold the context so a forward sees at "
+                                                            "most this many tokens (generation past the model's maximum length)")
+    ap.add_argument("--positions", choices=["original", "folded"], default="original",
+                    help="elastic with --budget: RoPE positions of kept tokens, original or renumbered 0..n-1")
     ap.add_argument("--seed", type=int, default=0, help="random seed (set before every batch)")
     ap.add_argument("--batch-size", type=int, default=16, help="prompts decoded together")
     ap.add_argument("--device", default=None, help="cuda / cpu / mps (default: cuda if available; under torchrun cuda:LOCAL_RANK)")
@@ -313,7 +320,7 @@ def main():
         family, dtype = net.config.family, net.lm_head.weight.dtype
         base = dict(family=family, method=method, gen_length=args.gen_length or GEN_LENGTH[args.task],
                     temperature=args.temperature, cache=args.cache, t_res=args.t_res, remask=args.remask,
-                    delta=args.delta, r=args.r, rcd_init=args.rcd_init or ("reference" if args.reference else "zero"),
+                    delta=args.delta, r=args.r, budget=args.budget, positions=args.positions, rcd_init=args.rcd_init or ("reference" if args.reference else "zero"),
                     mrp_steps=args.mrp_steps if args.mrp_steps is not None else 3 if method == "mrp-spec" else 1,
                     block_length=args.block_length or (net.config.block_size if family == "sdar" else
                                                        8 if args.task == "tiny" else 32), **extras)

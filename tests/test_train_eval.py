@@ -146,3 +146,16 @@ def test_eval_compares_a_research_method_with_its_counterpart(trained, tmp_path)
     assert [(r["method"], r["model"]) for r in res["rows"]] == [("baseline", "llada"), ("elastic", "llada")]
     out = run("eval.py", "--model", str(tmp_path / "missing"), "--method", "rcd", check=False)
     assert out.returncode != 0 and "no such folder" in out.stderr
+
+
+def test_eval_elastic_folding_generates_past_the_maximum_length(trained, tmp_path):
+    """--budget: a generation window longer than the checkpoint's maximum length (1,024) runs with every
+    forward within the budget; the budget is part of the setting, so a log written with another is refused."""
+    args = ["eval.py", "--model", str(trained / "llada"), "--method", "elastic", "--no-compare", "--limit", "2",
+            "--gen-length", "1040", "--block-length", "16", "--steps", "65", "--r", "1", "--samples", str(tmp_path / "f")]
+    res = last_json(run(*args, "--budget", "200"))
+    assert res["rows"][0]["n"] == 2 and res["rows"][0]["nfe"] == 65
+    out = run(*args, "--budget", "300", check=False)
+    assert out.returncode != 0 and "written by another model, data or setting" in out.stderr
+    plain = run(*[("baseline" if a == "elastic" else a) for a in args], "--samples", str(tmp_path / "p"), check=False)
+    assert plain.returncode != 0 and "exceed the model's maximum of 1024 positions" in plain.stderr
