@@ -146,7 +146,8 @@ def bench_rcd(args, device, dtype):
     so that V*C / (non-embedding parameters) equals LLaDA-8B's (126464 * 4096 / 6.98e9 = 0.074) and
     SDAR-8B's (151936 * 4096 / 6.95e9 = 0.090): LLaDA gen --gen-length in blocks of --block-length, SDAR gen
     --sdar-gen-length in blocks of 32 with its KV cache, both 2 tokens per step. Plain and RCD alternate
-    --repeats times; medians."""
+    --repeats times; medians. Also printed: the mean residual weight alpha over the masked positions RCD
+    computed, and the share above 0.1 (how much RCD can change at all: alpha = 0 is plain decoding)."""
     import residual
     import tasks
     import tokenizer as T
@@ -177,7 +178,8 @@ def bench_rcd(args, device, dtype):
                 plain = lambda: decode.block_generate(net, p, gen_length=kw["gen_length"], block_length=kw["block_length"],
                                                       denoising_steps=kw["steps"], stop_ids=kw.get("stop_ids"))
             rcd = lambda: residual.decode_rcd(net, p, **kw)
-            rcd(), plain()  # warm-up
+            _, alpha = rcd()  # warm-up; the residual weights RCD computed (the same in every run)
+            plain()
             sec = {"plain": [], "rcd": []}
             for _ in range(args.repeats):
                 for which, fn in (("plain", plain), ("rcd", rcd)):
@@ -185,11 +187,14 @@ def bench_rcd(args, device, dtype):
                     sec[which].append(s / stats["nfe"])
             med = {k: sorted(v)[len(v) // 2] for k, v in sec.items()}
             rows.append({"model": name, "batch": len(p), "nfe": stats["nfe"], "ms_per_forward_plain": 1000 * med["plain"],
-                         "ms_per_forward_rcd": 1000 * med["rcd"], "overhead": med["rcd"] / med["plain"] - 1})
-    print(f"\n{'model':32} {'batch':>5} {'nfe':>4} {'ms/forward plain':>17} {'ms/forward RCD':>15} {'overhead':>9}")
+                         "ms_per_forward_rcd": 1000 * med["rcd"], "overhead": med["rcd"] / med["plain"] - 1,
+                         "alpha_mean": alpha["alpha_mean"], "alpha_above_0.1": alpha["alpha_above_0.1"]})
+    print(f"\n{'model':32} {'batch':>5} {'nfe':>4} {'ms/forward plain':>17} {'ms/forward RCD':>15} {'overhead':>9}"
+          f" {'mean alpha':>11} {'alpha > 0.1':>12}")
     for r in rows:
         print(f"{r['model']:32} {r['batch']:5d} {r['nfe']:4d} {r['ms_per_forward_plain']:17.2f} "
-              f"{r['ms_per_forward_rcd']:15.2f} {100 * r['overhead']:8.1f}%")
+              f"{r['ms_per_forward_rcd']:15.2f} {100 * r['overhead']:8.1f}% {r['alpha_mean']:11.3f} "
+              f"{100 * r['alpha_above_0.1']:11.1f}%")
     return rows
 
 

@@ -85,6 +85,7 @@ class Residual:
         self.model, self.t_res, self.alpha_scale, self.init, self.reference = model, t_res, alpha_scale, init, reference
         self.alpha = self.delta = self.seen = None
         self.ref_cache, self.stats = None, {"ref_forwards": 0, "self_forwards": 0}
+        self.alpha_seen = torch.zeros(3)  # sum of alpha, positions, positions with alpha > 0.1 (on the device)
 
     def _grow(self, B, n, C, device):
         """Allocate (or extend, keeping what was predicted) the per-position state to at least n positions;
@@ -102,8 +103,10 @@ class Residual:
         mask = ids == self.model.config.mask_token_id
         rows = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(ids)[mask]
         z = logits[mask]
-        self.alpha[rows, pos[mask]], self.delta[rows, pos[mask]] = residual_terms(
-            z, self.model.embed_tokens.weight, self.t_res, self.alpha_scale)
+        alpha, self.delta[rows, pos[mask]] = residual_terms(z, self.model.embed_tokens.weight, self.t_res, self.alpha_scale)
+        self.alpha[rows, pos[mask]] = alpha
+        self.alpha_seen = self.alpha_seen.to(alpha.device) + torch.stack(
+            [alpha.sum(), alpha.new_tensor(alpha.numel()), (alpha > 0.1).sum().float()])
         self.seen[rows, pos[mask]] = True
 
     def __call__(self, model, ids, position_ids=None, cache=None, cache_start=0, kv_end=None, **kw):
@@ -138,7 +141,8 @@ class Residual:
 def decode_rcd(model, prompt, *, gen_length, block_length, steps=None, threshold=None, t_res=1.0, alpha_scale=1.0,
                init="zero", reference=None, cache=None, **kw):
     """RCD decoding with the family's decoder: LLaDA's generate (threshold and caches included) or SDAR's
-    block_generate (dynamic threshold included). Returns (x, stats) with `ref_forwards` / `self_forwards`."""
+    block_generate (dynamic threshold included). Returns (x, stats) with `ref_forwards` / `self_forwards` and
+    the residual weights computed at masked positions: `alpha_mean`, `alpha_above_0.1` (a fraction)."""
     hook = Residual(model, t_res, alpha_scale, init, reference)
     if model.config.family == "llada":
         x, stats = decode.generate(model, prompt, steps=steps or gen_length, gen_length=gen_length,
@@ -149,4 +153,5 @@ def decode_rcd(model, prompt, *, gen_length, block_length, steps=None, threshold
         x, stats = decode.block_generate(model, prompt, gen_length=gen_length, block_length=block_length,
                                          denoising_steps=steps or block_length, threshold=threshold or 1.0,
                                          forward=hook, **kw)
-    return x, {**stats, **hook.stats}
+    total, n, above = hook.alpha_seen.tolist()
+    return x, {**stats, **hook.stats, "alpha_mean": total / max(n, 1), "alpha_above_0.1": above / max(n, 1)}

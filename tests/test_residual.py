@@ -95,3 +95,13 @@ def test_warm_start_runs_the_reference_once_per_block(sdar, llada):
     assert st["self_forwards"] == 1  # LLaDA's first forward predicts every position at once
     with pytest.raises(ValueError, match="init 'reference'"):
         R.Residual(llada, init="reference")
+
+
+def test_stats_report_the_residual_weights_computed(llada):
+    """alpha_mean / alpha_above_0.1 summarise the weights at the masked positions RCD computed: zero when
+    alpha is forced to 0, inside (0, 1] for a random model's spread-out predictions."""
+    prompt = torch.randint(0, 90, (2, 5))
+    _, off = R.decode_rcd(llada, prompt, gen_length=16, block_length=8, steps=8, alpha_scale=0.0)
+    assert off["alpha_mean"] == 0.0 and off["alpha_above_0.1"] == 0.0
+    _, on = R.decode_rcd(llada, prompt, gen_length=16, block_length=8, steps=8)
+    assert 0.1 < on["alpha_mean"] <= 1.0 and 0.0 < on["alpha_above_0.1"] <= 1.0
