@@ -239,7 +239,7 @@ if __name__ == "__main__":
     ap.add_argument("--r", type=int, default=4, help="elastic: [MASK] tokens kept per intermediate future block")
     ap.add_argument("--elastic-decode-length", type=int, default=1024,
                     help="elastic: generation length of the whole-generation runs (threshold, no cache / dual cache)")
-    ap.add_argument("--repeats", type=int, default=3, help="elastic: timed forwards per measurement (median)")
+    ap.add_argument("--repeats", type=int, default=3, help="elastic: timed forwards per measurement; rcd: timed runs of each decoder (median)")
     ap.add_argument("--rcd-batch", type=int, default=50, help="rcd: prompts per batch (eval.py's --batch-size 50)")
     ap.add_argument("--load-gb", type=float, default=1.0, help="checkpoint size for the load benchmark")
     args = ap.parse_args()
@@ -247,5 +247,10 @@ if __name__ == "__main__":
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(f"device={device} ({name}) dtype={dtype} torch={torch.__version__}")
-    rows = {"decode": bench_decode, "load": bench_load, "elastic": bench_elastic, "rcd": bench_rcd}[args.what](args, device, dtype)
+    if min(args.repeats, args.rcd_batch, args.gen_length, args.block_length) < 1:
+        raise SystemExit("--repeats, --rcd-batch, --gen-length and --block-length must be >= 1")
+    try:
+        rows = {"decode": bench_decode, "load": bench_load, "elastic": bench_elastic, "rcd": bench_rcd}[args.what](args, device, dtype)
+    except ValueError as e:  # a decoder refusing the lengths / steps given: one line
+        raise SystemExit(f"bench.py {args.what}: {e}") from None
     print(json.dumps({"bench": args.what, "device": name, "dtype": str(dtype), "command": " ".join(sys.argv), "rows": rows}))

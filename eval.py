@@ -271,7 +271,7 @@ def main():
     ap.add_argument("--budget", type=int, default=None, help="elastic (LLaDA): fold the context so a forward sees at "
                                                             "most this many tokens (generation past the model's maximum length)")
     ap.add_argument("--positions", choices=["original", "folded"], default="original",
-                    help="elastic with --budget: RoPE positions of kept tokens, original or renumbered 0..n-1")
+                    help="elastic (LLaDA): RoPE positions of kept tokens, original or renumbered 0..n-1")
     ap.add_argument("--seed", type=int, default=0, help="random seed (set before every batch)")
     ap.add_argument("--batch-size", type=int, default=16, help="prompts decoded together")
     ap.add_argument("--device", default=None, help="cuda / cpu / mps (default: cuda if available; under torchrun cuda:LOCAL_RANK)")
@@ -290,6 +290,8 @@ def main():
     if args.model == defaults.get("model"):
         args.block_length = args.block_length or defaults.get("block_length")
     runs = [(args.model, args.method)]
+    if args.compare and args.no_compare:
+        raise SystemExit("--compare and --no-compare contradict each other: give one")
     if args.method in COUNTERPART and not args.no_compare:
         method, where = COUNTERPART[args.method]
         target = args.compare or (where if args.model == defaults.get("model") else "same")

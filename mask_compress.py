@@ -136,6 +136,9 @@ def decode_elastic(model, prompt, *, gen_length, block_length, steps=None, thres
                    "canvas": x.shape[1]}
     if cache is not None:
         raise ValueError("cache: SDAR always decodes with its exact KV cache")
+    if budget is not None or positions != "original":
+        raise ValueError(f"budget {budget} / positions {positions!r}: context folding is for full-sequence (LLaDA) "
+                         "models; an SDAR model gets the terminal anchor only")
     L = block_length
     ends = [math.ceil((len(p) + gen_length) / L) * L - 1 if anchor_at == "window" else len(p) + gen_length - 1
             for p in rows]

@@ -85,7 +85,7 @@ class Residual:
         self.model, self.t_res, self.alpha_scale, self.init, self.reference = model, t_res, alpha_scale, init, reference
         self.alpha = self.delta = self.seen = None
         self.ref_cache, self.stats = None, {"ref_forwards": 0, "self_forwards": 0}
-        self.alpha_seen = torch.zeros(3)  # sum of alpha, positions, positions with alpha > 0.1 (on the device)
+        self.alpha_sum, self.alpha_n = torch.zeros(2), 0  # (sum of alpha, count > 0.1) on the device; positions
 
     def _grow(self, B, n, C, device):
         """Allocate (or extend, keeping what was predicted) the per-position state to at least n positions;
@@ -105,8 +105,8 @@ class Residual:
         z = logits[mask]
         alpha, self.delta[rows, pos[mask]] = residual_terms(z, self.model.embed_tokens.weight, self.t_res, self.alpha_scale)
         self.alpha[rows, pos[mask]] = alpha
-        self.alpha_seen = self.alpha_seen.to(alpha.device) + torch.stack(
-            [alpha.sum(), alpha.new_tensor(alpha.numel()), (alpha > 0.1).sum().float()])
+        self.alpha_sum = self.alpha_sum.to(alpha.device) + torch.stack([alpha.sum(), (alpha > 0.1).sum().float()])
+        self.alpha_n += alpha.numel()  # known on the host: no device sync on the decoding path
         self.seen[rows, pos[mask]] = True
 
     def __call__(self, model, ids, position_ids=None, cache=None, cache_start=0, kv_end=None, **kw):
@@ -153,5 +153,5 @@ def decode_rcd(model, prompt, *, gen_length, block_length, steps=None, threshold
         x, stats = decode.block_generate(model, prompt, gen_length=gen_length, block_length=block_length,
                                          denoising_steps=steps or block_length, threshold=threshold or 1.0,
                                          forward=hook, **kw)
-    total, n, above = hook.alpha_seen.tolist()
-    return x, {**stats, **hook.stats, "alpha_mean": total / max(n, 1), "alpha_above_0.1": above / max(n, 1)}
+    (total, above), n = hook.alpha_sum.tolist(), max(hook.alpha_n, 1)
+    return x, {**stats, **hook.stats, "alpha_mean": total / n, "alpha_above_0.1": above / n}

@@ -76,6 +76,8 @@ def test_folding_generates_past_the_maximum_within_the_budget(llada):
         E.decode_elastic(llada, torch.arange(1, 11), gen_length=160, block_length=16, budget=40)
 
 
-def test_bad_arguments(llada):
+def test_bad_arguments(llada, sdar):
     with pytest.raises(ValueError, match="sampler 'every'"):
         E.elastic_feed(sampler="every")
+    with pytest.raises(ValueError, match="context folding is for full-sequence"):  # not silently ignored
+        E.decode_elastic(sdar, torch.arange(1, 7), gen_length=8, block_length=4, budget=64)
