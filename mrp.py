@@ -13,8 +13,10 @@ Training (`python mrp.py train`): per block one ground-truth reveal per step; te
     second, no-grad forward on the revealed input; loss = forward KL(softmax B || softmax(A + C)) over the
     positions still masked after the reveal, weighted 1/p, divided by the number of answer tokens, fp32;
     K >= 2 chains the reveals and averages the per-step losses (the accumulator is detached inside each
-    loss's additive term). AdamW, peak lr 1e-3, cosine to 0.1x, 3% warm-up; every MRP parameter starts
-    from N(0, 0.2), seed 42 (the official "cold start").
+    loss's additive term). Ablations: --reveals draws the reveals per block from a list (the released
+    code's gt_random); --reveal-from backbone writes the backbone's greedy predictions instead of the
+    ground truth (not in the paper: the states the dynamic regime actually produces). AdamW, peak lr 1e-3,
+    cosine to 0.1x, 3% warm-up; every MRP parameter starts from N(0, 0.2), seed 42 (the official "cold start").
 Decoding, as `denoise=` functions of decode.block_generate (its static one-token-per-step rule is the
     reference):
     direct  1 + K tokens per backbone forward, no verification (lossy)
@@ -25,6 +27,11 @@ Decoding, as `denoise=` functions of decode.block_generate (its static one-token
     remask  dynamic threshold: reveal above tau, one MRP pass on the fresh reveals, revoke the reveals whose
             corrected confidence falls below tau ("published", default) or, as the released code does, whose
             |C[token]| exceeds delta on the pre-commit state ("code_delta"); the best proposal always stays.
+            This project adds a leave-one-out reading ("loo"): the published rule reads A + C at the
+            just-revealed positions, where the KL objective never trained the head (it covers positions still
+            masked after the reveal), so "loo" re-checks each proposal with itself masked again and the
+            other proposals revealed - one MRP pass over the packed candidates. "loo_backbone" makes the same
+            check with a backbone forward: the exact quantity "loo" approximates, at one more backbone forward.
 Readings and differences (mrp.md section 7): the MRP keeps its own prefix KV cache in every mode (written
 after prefill and each finished block, as in training; the released code does so in direct mode only);
 logits mix "logits_sum" (A + s ΣC) everywhere, the released spec sweep's "none" (raw C) is not offered;
@@ -228,6 +235,32 @@ def denoise_spec(run):
     return denoise
 
 
+def leave_one_out(st, run, x0, proposed, hidden, lo, hi):
+    """(B, L) corrected confidence of each proposal i with i masked again and every other proposal revealed.
+    The n candidate blocks (n = the most proposals in any row) go through one forward, packed like the
+    speculative verification: each sees the cached prefix and itself, not the others. The MRP head ("loo")
+    supplies A + C there, where its KL objective trained it (still-masked positions); the backbone itself
+    ("loo_backbone", one more backbone forward, counted in nfe) is the exact check MRP approximates."""
+    B, L = proposed.shape
+    n, mask_id = int(proposed.sum(1).max()), st.model.config.mask_token_id
+    order = torch.where(proposed, torch.arange(L, device=x0.device), L).sort(1).values[:, :n]  # (B, n); L: none
+    has, where = order < L, order.clamp(max=L - 1)
+    cands = torch.where(proposed, x0, st.x[:, lo:hi])[:, None].repeat(1, n, 1)                # (B, n, L)
+    cands.scatter_(2, where[..., None], torch.where(has, mask_id, cands.gather(2, where[..., None])[..., 0])[..., None])
+    packed = dict(attention_mask=st.valid[:, lo:hi].repeat(1, n), position_ids=st.pos[:, lo:hi].repeat(1, n),
+                  cache_start=lo, attn_mask=verify_mask(st.valid[:, :lo], n, L), block_size=st.block_length)
+    if run.remask == "loo_backbone":
+        count_step(st, lo, hi)
+        logits = st.model(cands.view(B, n * L), cache=st.cache, **packed)
+    else:
+        run.stats["mrp_forwards"] += 1
+        h_c = run.mrp(st.model, cands.view(B, n * L), hidden.repeat(1, n, 1), cache=run.cache, **packed)
+        logits = st.model.lm_head(hidden.repeat(1, n, 1) + run.scale * h_c)
+    logits = logits.view(B, n, L, -1).gather(2, where[..., None, None].expand(B, n, 1, logits.shape[-1]))[:, :, 0]
+    p = F.softmax(logits.float(), -1).gather(-1, x0.gather(1, where)[..., None])[..., 0]        # (B, n)
+    return torch.zeros(B, L, device=x0.device).scatter_add(1, where, torch.where(has, p, 0.0))  # padding adds 0
+
+
 def denoise_remask(run):
     def denoise(st, lo, hi):
         tau = st.threshold
@@ -237,16 +270,18 @@ def denoise_remask(run):
             x0, confidence = decode.block_confidence(st, logits, lo, hi)
             best = decode.commit_topk(confidence, [1] * x0.shape[0]) & torch.isfinite(confidence)
             proposed = (confidence > tau) | (best & ~(confidence > tau).any(1, keepdim=True))  # SDAR dynamic, quota 1
+            guard = best
             if run.remask == "published":  # one MRP pass conditioned on the fresh reveals, same tau
                 h_c = run.residual(st, torch.where(proposed, x0, st.x[:, lo:hi]), hidden, lo)
                 p = F.softmax(st.model.lm_head(hidden + run.scale * h_c).float(), -1).gather(-1, x0[..., None])[..., 0]
                 keep = proposed & (p >= tau)
-                guard = best
-            else:  # "code_delta": residual on the pre-commit block, veto |C[token]| > delta
+            elif run.remask == "code_delta":  # residual on the pre-commit block, veto |C[token]| > delta
                 c = run.scale * st.model.lm_head(run.residual(st, st.x[:, lo:hi], hidden, lo)).float()
                 size = c.gather(-1, x0[..., None])[..., 0].abs()
                 keep = proposed & (size <= run.delta)
                 guard = decode.commit_topk(torch.where(proposed, -size, -torch.inf), [1] * x0.shape[0]) & proposed
+            else:  # each reveal re-checked given the others (this project's reading, see leave_one_out)
+                keep = proposed & (leave_one_out(st, run, x0, proposed, hidden, lo, hi) >= tau)
             keep |= guard & ~keep.any(1, keepdim=True)  # progress: never revoke everything
             run.stats["revoked"] += int((proposed & ~keep).sum())
             st.x[:, lo:hi] = torch.where(keep, x0, st.x[:, lo:hi])
@@ -255,6 +290,7 @@ def denoise_remask(run):
 
 
 DENOISE = {"direct": denoise_direct, "spec": denoise_spec, "remask": denoise_remask}
+REMASK_RULES = ("published", "code_delta", "loo", "loo_backbone")
 
 
 def decode_mrp(model, prompt, *, mrp, mode, gen_length, block_length, steps=None, threshold=None, mrp_steps=1,
@@ -264,35 +300,42 @@ def decode_mrp(model, prompt, *, mrp, mode, gen_length, block_length, steps=None
     mrp_forwards, verify_forwards, drafts, accepted, bonus, revoked, mrp_store_forwards."""
     if model.config.family != "sdar":
         raise ValueError("MRP is defined for SDAR (block-diffusion) backbones")
-    if mode not in DENOISE or remask not in ("published", "code_delta") or mrp_steps < (0 if mode == "direct" else 1):
+    if mode not in DENOISE or remask not in REMASK_RULES or mrp_steps < (0 if mode == "direct" else 1):
         raise ValueError(f"mode {mode!r} / remask {remask!r} / mrp_steps {mrp_steps}: expected one of {list(DENOISE)} / "
-                         "'published' or 'code_delta' / >= 1 (>= 0 for direct)")
+                         f"one of {REMASK_RULES} / >= 1 (>= 0 for direct)")
+    if not kw.get("use_cache", True):
+        raise ValueError("MRP decoding runs on the block KV cache (use_cache=False is not supported)")
     if mode == "remask" and threshold is None:
         raise ValueError("mode 'remask' needs a threshold")
     run = Run(mrp, mrp_steps, scale, remask, delta)
     x, stats = decode.block_generate(model, prompt, gen_length=gen_length, block_length=block_length,
                                      denoising_steps=block_length, threshold=threshold if mode == "remask" else 1.0,
                                      denoise=DENOISE[mode](run), store=run.store,
-                                     cache_spare=(mrp_steps + 1) * block_length, **kw)
+                                     cache_spare=max(mrp_steps + 1, block_length if remask.startswith("loo") else 1)
+                                     * block_length, **kw)
     return x, {**stats, **run.stats}
 
 # -----------------------------------------------------------------------------
 # Training
 
 
-def reveal(x, ids, masked, block_size, generator):
-    """One ground-truth token per block that still has masks, at a uniformly random masked position."""
+def reveal(x, ids, masked, block_size, generator, reveals=(1,)):
+    """Ground-truth tokens at uniformly random masked positions of every block that still has masks: one
+    each (the official gt_topk=1) or, with several counts, a count per block drawn from them (gt_random)."""
     B, T = x.shape
     scores = torch.where(masked, torch.rand(B, T, generator=generator).to(x.device), -1.0)
-    pick = scores.view(B, T // block_size, block_size).argmax(-1)                       # (B, blocks)
-    chosen = torch.zeros(B, T // block_size, block_size, dtype=torch.bool, device=x.device)
-    chosen.scatter_(2, pick[..., None], True)
-    chosen = chosen.view(B, T) & masked
+    rank = scores.view(B, T // block_size, block_size).argsort(-1, descending=True).argsort(-1)  # (B, blocks, L)
+    counts = torch.tensor(reveals)
+    if len(reveals) > 1:
+        counts = counts[torch.randint(len(reveals), (B, T // block_size, 1), generator=generator)]
+    chosen = (rank < counts.to(x.device)).view(B, T) & masked
     return torch.where(chosen, ids, x), masked & ~chosen
 
 
-def mrp_loss(backbone, mrp, ids, prompt_mask, generator, block_size, mrp_steps=1):
-    """The KL objective (kd_diff_sum) in the SDAR training layout [x_t | x_0]; mean over the K chained steps."""
+def mrp_loss(backbone, mrp, ids, prompt_mask, generator, block_size, mrp_steps=1, reveals=(1,), reveal_from="gt"):
+    """The KL objective (kd_diff_sum) in the SDAR training layout [x_t | x_0]; mean over the K chained steps.
+    reveal_from: "gt" writes the ground-truth tokens (official); "backbone" writes the backbone's own greedy
+    predictions from the first pass (this project's ablation: the states the dynamic regime produces)."""
     import train
     T = ids.shape[1]
     x_t, masked, p = train.add_noise(ids, prompt_mask, backbone.config.mask_token_id, generator)
@@ -300,10 +343,11 @@ def mrp_loss(backbone, mrp, ids, prompt_mask, generator, block_size, mrp_steps=1
                   attn_mask=train.block_diff_mask(T, block_size, ids.device)[None, None])
     with torch.no_grad():
         acc = backbone(torch.cat([x_t, ids], 1), return_hidden=True, **layout)[1]   # h_A, (B, 2T, C)
+        source = ids if reveal_from == "gt" else backbone.lm_head(acc[:, :T]).argmax(-1)
     answer_len = max(1, int((~prompt_mask).sum()))
     losses, cur = [], x_t
     for _ in range(mrp_steps):
-        cur, masked = reveal(cur, ids, masked, block_size, generator)
+        cur, masked = reveal(cur, source, masked, block_size, generator, reveals)
         with torch.no_grad():
             teacher = backbone(torch.cat([cur, ids], 1), **layout)[:, :T][masked].float()
         h_c = mrp(backbone, torch.cat([cur, ids], 1), acc, **layout)
@@ -312,6 +356,31 @@ def mrp_loss(backbone, mrp, ids, prompt_mask, generator, block_size, mrp_steps=1
         losses.append((kl / p[masked]).sum() / answer_len)
         acc = acc + h_c
     return sum(losses) / len(losses)
+
+
+def main_kl(args):
+    """How much of the backbone's change after a reveal the head predicts: the training objective on fresh
+    batches of the built-in task, for the head and for a zero residual (C = 0: corrected logits = A)."""
+    import copy
+    import train
+    from tokenizer import load_tokenizer
+    backbone, mrp = load_mrp(args.model, args.device, torch.float32)
+    zero = copy.deepcopy(mrp)
+    with torch.no_grad():
+        zero.norm.weight.zero_()  # h_C = 0
+    tok, L = load_tokenizer(M.resolve(args.model)), backbone.config.block_size
+    reveals = tuple(int(v) for v in args.reveals.split(","))
+    totals = {"head": 0.0, "zero": 0.0}
+    for i in range(args.batches):
+        ids, pm, _ = train.make_batch(tok, "sdar", 1_000_000 + i, args.seed, args.batch_size, args.length, set())
+        ids, pm = ids.to(backbone.lm_head.weight.device), pm.to(backbone.lm_head.weight.device)
+        for name, head in (("head", mrp), ("zero", zero)):
+            with torch.no_grad():  # the same noise and reveals for both: one generator seed per batch
+                totals[name] += mrp_loss(backbone, head, ids, pm, torch.Generator().manual_seed(i), L, args.mrp_steps,
+                                         reveals, args.reveal_from).item() / args.batches
+    print(f"KL to the backbone after the reveal ({args.batches} x {args.batch_size} sequences, reveals {args.reveals}, "
+          f"from {args.reveal_from}, K = {args.mrp_steps}): head {totals['head']:.5f}, zero residual "
+          f"{totals['zero']:.5f}: the head removes {100 * (1 - totals['head'] / totals['zero']):.1f} %")
 
 
 def main_train(args):
@@ -325,6 +394,9 @@ def main_train(args):
         raise SystemExit(f"{args.backbone}: MRP needs an SDAR (block-diffusion) backbone")
     folder, L = M.resolve(args.backbone), args.block_size or backbone.config.block_size
     tok = load_tokenizer(folder)
+    reveals = tuple(int(v) for v in args.reveals.split(","))
+    if min(reveals) < 1 or max(reveals) > L:
+        raise SystemExit(f"--reveals {args.reveals}: counts must lie in 1..{L} (the block size)")
     mrp = MRP(backbone.config, args.layers)
     mrp.init_weights(args.init_std)
     print(f"MRP head: {sum(p.numel() for p in mrp.parameters()):,} parameters on a frozen "
@@ -341,7 +413,7 @@ def main_train(args):
         return ids, pm
     t0 = time.time()
     train.train(model, opt, args.steps, args.lr, max(1, args.steps * 3 // 100), args.out, batch,
-                lambda ids, pm, i: mrp_loss(backbone, model, ids, pm, gen, L, args.mrp_steps),
+                lambda ids, pm, i: mrp_loss(backbone, model, ids, pm, gen, L, args.mrp_steps, reveals, args.reveal_from),
                 args.save_every, "train mrp", 1, rank, world, device)
     if rank == 0:
         save_mrp(backbone.to(torch.bfloat16), train.unwrapped(model).to(torch.bfloat16), args.out, tokenizer_from=folder)
@@ -356,6 +428,10 @@ def main():
     t.add_argument("--out", default="models/tiny-sdar-mrp", help="output folder (official MRP checkpoint layout)")
     t.add_argument("--layers", type=int, default=3, help="MRP decoder layers (the released heads: 3)")
     t.add_argument("--mrp-steps", type=int, default=1, help="K chained reveals per training step (released: 1, k2: 2)")
+    t.add_argument("--reveals", default="1", help="ground-truth reveals per block per step: one count (official "
+                   "gt_topk, 1) or a comma list drawn from per block (gt_random, e.g. 1,2,3,4)")
+    t.add_argument("--reveal-from", choices=["gt", "backbone"], default="gt", help="revealed tokens: the ground "
+                   "truth (official) or the backbone's greedy predictions (ablation for remasking)")
     t.add_argument("--steps", type=int, default=600, help="optimizer steps")
     t.add_argument("--batch-size", type=int, default=32, help="sequences per step")
     t.add_argument("--length", type=int, default=96, help="prompt + answer tokens (a multiple of the block size)")
@@ -365,18 +441,30 @@ def main():
     t.add_argument("--seed", type=int, default=0, help="data order and noise")
     t.add_argument("--save-every", type=int, default=250, help="steps between resumable checkpoints")
     t.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
+    k = sub.add_parser("kl", help="the head's KL to the backbone on fresh batches, against a zero residual")
+    k.add_argument("--model", default="models/tiny-sdar-mrp", help="MRP checkpoint folder or repo id")
+    k.add_argument("--reveals", default="1", help="reveals per block per step, as for train")
+    k.add_argument("--reveal-from", choices=["gt", "backbone"], default="gt", help="revealed tokens, as for train")
+    k.add_argument("--mrp-steps", type=int, default=1, help="K chained reveals")
+    k.add_argument("--batches", type=int, default=8, help="batches to average")
+    k.add_argument("--batch-size", type=int, default=32, help="sequences per batch")
+    k.add_argument("--length", type=int, default=96, help="tokens per sequence (a multiple of the block size)")
+    k.add_argument("--seed", type=int, default=7, help="data seed (training used 0)")
+    k.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
     g = sub.add_parser("generate", help="decode one prompt with an MRP checkpoint and print the stats")
     g.add_argument("--model", default="models/tiny-sdar-mrp", help="MRP checkpoint folder or repo id")
     g.add_argument("--prompt", required=True, help="user message (the chat template is applied)")
     g.add_argument("--mode", choices=list(DENOISE), default="spec", help="decoding mode")
     g.add_argument("--mrp-steps", type=int, default=3, help="K: extra tokens (direct) or drafts (spec) per round")
     g.add_argument("--threshold", type=float, default=0.5, help="remask: the confidence threshold tau")
-    g.add_argument("--remask", choices=["published", "code_delta"], default="published", help="remask rule")
+    g.add_argument("--remask", choices=REMASK_RULES, default="published", help="remask rule (see the docstring)")
     g.add_argument("--gen-length", type=int, default=64, help="tokens to generate")
     g.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
     args = ap.parse_args()
     if args.command == "train":
         return main_train(args)
+    if args.command == "kl":
+        return main_kl(args)
     from tokenizer import load_tokenizer
     backbone, mrp = load_mrp(args.model, args.device)
     tok = load_tokenizer(M.resolve(args.model))

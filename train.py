@@ -152,7 +152,7 @@ def make_batch(tok, family, step, seed, batch_size, length, held_out, sample=tas
     [prompt | answer + <|im_end|> + EOS] to `length` tokens in all, blocks aligned to position 0.
     sample(rng) -> (question, answer): the built-in task by default; examples too long are skipped."""
     rng = random.Random(seed * 1_000_003 + step)
-    eos, rows = tok.special_ids["<|endoftext|>"], []
+    eos, rows, misses = tok.special_ids["<|endoftext|>"], [], 0
     while len(rows) < batch_size:
         q, a = sample(rng)
         if q in held_out:  # never train on an evaluation problem
@@ -160,6 +160,9 @@ def make_batch(tok, family, step, seed, batch_size, length, held_out, sample=tas
         p, ans = encode(tok, q, a, family)
         if len(ans) <= length and (family == "llada" or len(p) + len(ans) <= length):
             rows.append((p, ans))
+        elif (misses := misses + 1) >= 1000:  # instead of drawing forever
+            raise SystemExit(f"length {length}: 1000 examples in a row do not fit ({len(p) + len(ans)} tokens, "
+                             f"{len(ans)} of them answer); raise --length")
     P = max(len(p) for p, _ in rows) if family == "llada" else 0
     T = P + length if family == "llada" else length
     ids = torch.full((batch_size, T), eos)

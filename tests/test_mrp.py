@@ -2,8 +2,10 @@
 modes inside decode.block_generate: speculative decoding is lossless (equal to static one-token-per-step
 decoding, token for token), direct with K = 0 is static decoding, remasking with a zero residual is plain
 dynamic decoding, and verification candidates cannot see each other."""
+import argparse
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -97,6 +99,25 @@ def test_training_loss_learns_and_does_not_touch_the_backbone(pair):
     assert all(torch.equal(a, b) for a, b in zip(before, backbone.parameters()))
 
 
+@pytest.mark.parametrize("reveal_from", ["gt", "backbone"])
+def test_training_reveals_the_ground_truth_or_the_backbones_predictions(pair, reveal_from, monkeypatch):
+    backbone, head = pair
+    ids = torch.randint(0, 75, (3, 16))
+    pm = torch.zeros_like(ids, dtype=torch.bool)
+    pm[:, :4] = True
+    seen = []
+    monkeypatch.setattr(R, "reveal", lambda x, source, *a: seen.append((x, source)) or R_reveal(x, source, *a))
+    R.mrp_loss(backbone, head, ids, pm, torch.Generator().manual_seed(0), 4, reveals=(1, 2), reveal_from=reveal_from)
+    x_t, source = seen[0]
+    with torch.no_grad():  # the first pass sees [x_t | ids] under the training mask; greedy on the noisy half
+        layout = dict(position_ids=torch.arange(16).repeat(2), attn_mask=train.block_diff_mask(16, 4)[None, None])
+        greedy = backbone(torch.cat([x_t, ids], 1), **layout)[:, :16].argmax(-1)
+    assert torch.equal(source, ids if reveal_from == "gt" else greedy)
+
+
+R_reveal = R.reveal
+
+
 def test_reveal_one_masked_token_per_block():
     ids = torch.arange(16).repeat(2, 1)
     masked = torch.zeros(2, 16, dtype=torch.bool)
@@ -105,6 +126,11 @@ def test_reveal_one_masked_token_per_block():
     new, still = R.reveal(x, ids, masked, 4, torch.Generator().manual_seed(0))
     assert (masked & ~still).sum(1).tolist() == [2, 1]  # blocks {1,2} and {9}; block {12..15}
     assert torch.equal(new[~still], ids[~still])
+    new, still = R.reveal(x, ids, masked, 4, torch.Generator().manual_seed(0), reveals=(3,))  # gt_topk = 3
+    assert (masked & ~still).sum(1).tolist() == [3, 3] and torch.equal(new[~still], ids[~still])
+    ids, masked = torch.arange(64).repeat(8, 1), torch.ones(8, 64, dtype=torch.bool)
+    _, still = R.reveal(torch.full_like(ids, 99), ids, masked, 8, torch.Generator().manual_seed(0), reveals=(1, 4))
+    assert set((~still).view(8, 8, 8).sum(-1).flatten().tolist()) == {1, 4}  # gt_random: a count per block
 
 
 def test_verification_candidates_do_not_see_each_other():
@@ -138,7 +164,8 @@ def test_direct_with_no_extra_steps_is_static_decoding(pair):
 
 
 @pytest.mark.parametrize("threshold", [0.05, 0.3])
-def test_remask_with_a_zero_residual_is_plain_dynamic_decoding(pair, threshold):
+@pytest.mark.parametrize("rule", ["published", "loo"])
+def test_remask_with_a_zero_residual_is_plain_dynamic_decoding(pair, threshold, rule):
     backbone, mrp = pair
     zero = R.MRP(backbone.config, 1)
     zero.init_weights()
@@ -147,16 +174,67 @@ def test_remask_with_a_zero_residual_is_plain_dynamic_decoding(pair, threshold):
     prompts = [torch.randint(0, 75, (n,)) for n in (6, 4)]
     plain, _ = D.block_generate(backbone, prompts, gen_length=16, threshold=threshold, stop_ids=[])
     remask, st = R.decode_mrp(backbone, prompts, mrp=zero, mode="remask", gen_length=16, block_length=4,
-                              threshold=threshold, stop_ids=[])
+                              threshold=threshold, remask=rule, stop_ids=[])
     assert torch.equal(plain, remask) and st["revoked"] == 0
     _, st = R.decode_mrp(backbone, prompts, mrp=mrp, mode="remask", gen_length=16, block_length=4,
                          threshold=threshold, remask="code_delta", delta=0.0, stop_ids=[])
     assert st["revoked"] > 0  # delta 0 vetoes every proposal but the guard's
 
 
+@pytest.mark.parametrize("rule", ["loo", "loo_backbone"])
+def test_leave_one_out_equals_one_forward_per_proposal(pair, rule, monkeypatch):
+    """The packed re-check (all candidates in one forward) against one unpacked forward per proposal."""
+    backbone, mrp = pair
+    packed, sizes = R.leave_one_out, []
+
+    def check(st, run, x0, proposed, hidden, lo, hi):
+        p = packed(st, run, x0, proposed, hidden, lo, hi)
+        base = torch.where(proposed, x0, st.x[:, lo:hi])
+        kw = dict(attention_mask=st.valid[:, lo:hi], position_ids=st.pos[:, lo:hi], cache_start=lo, block_size=4)
+        for r, i in proposed.nonzero().tolist():
+            cand = base.clone()
+            cand[r, i] = backbone.config.mask_token_id
+            if rule == "loo":
+                logits = backbone.lm_head(hidden + mrp(backbone, cand, hidden, cache=run.cache, **kw))
+            else:
+                logits = backbone(cand, cache=st.cache, **kw)
+            assert torch.allclose(p[r, i], torch.softmax(logits[r, i].float(), -1)[x0[r, i]], atol=1e-5)
+        assert (p[~proposed] == 0).all()
+        sizes.append(int(proposed.sum(1).max()))
+        return p
+    monkeypatch.setattr(R, "leave_one_out", check)
+    prompts = [torch.randint(0, 75, (n,)) for n in (6, 4, 9)]
+    _, st = R.decode_mrp(backbone, prompts, mrp=mrp, mode="remask", gen_length=16, block_length=4, threshold=0.05,
+                         remask=rule, stop_ids=[])
+    assert max(sizes) > 1 and st["nfe"] > (st["mrp_forwards"] if rule == "loo_backbone" else 0)
+
+
 def test_bad_arguments(pair):
     backbone, mrp = pair
     with pytest.raises(ValueError, match="needs a threshold"):
         R.decode_mrp(backbone, [1, 2], mrp=mrp, mode="remask", gen_length=8, block_length=4)
+    with pytest.raises(ValueError, match="block KV cache"):
+        R.decode_mrp(backbone, [1, 2], mrp=mrp, mode="spec", gen_length=8, block_length=4, use_cache=False)
     with pytest.raises(ValueError, match="mode 'fast'"):
         R.decode_mrp(backbone, [1, 2], mrp=mrp, mode="fast", gen_length=8, block_length=4)
+
+
+def test_kl_command_compares_the_head_with_a_zero_residual(capsys):
+    """`python mrp.py kl` on the embedded head: its zero-residual number is KL(B || A) with A the backbone's
+    own logits before the reveal, recomputed here from the same noise and reveals."""
+    from conftest import ROOT
+    from tokenizer import load_tokenizer
+    folder = os.path.join(ROOT, "models", "tiny-sdar-mrp")
+    R.main_kl(argparse.Namespace(model=folder, reveals="1,2", reveal_from="gt", mrp_steps=1, batches=1,
+                                 batch_size=4, length=96, seed=7, device="cpu"))
+    head, zero = [float(v) for v in re.findall(r"(?:head|residual) ([0-9.]+)", capsys.readouterr().out)]
+    backbone, _ = R.load_mrp(folder, "cpu", torch.float32)
+    ids, pm, _ = train.make_batch(load_tokenizer(folder), "sdar", 1_000_000, 7, 4, 96, set())
+    g = torch.Generator().manual_seed(0)
+    x_t, masked, p = train.add_noise(ids, pm, backbone.config.mask_token_id, g)
+    x_1, still = R.reveal(x_t, ids, masked, 32, g, (1, 2))
+    layout = dict(position_ids=torch.arange(96).repeat(2), attn_mask=train.block_diff_mask(96, 32)[None, None])
+    with torch.no_grad():
+        A, B = (backbone(torch.cat([x, ids], 1), **layout)[:, :96][still] for x in (x_t, x_1))
+    kl = (B.softmax(-1) * (B.log_softmax(-1) - A.log_softmax(-1))).sum(-1)
+    assert abs(zero - ((kl / p[still]).sum() / (~pm).sum()).item()) < 1e-4 and head != zero

@@ -43,6 +43,8 @@ def test_vocabulary_is_byte_level_bpe_with_both_chat_formats(tmp_path):
         assert tok.decode(tok.encode(q + "\n" + a)) == q + "\n" + a
         assert all(len(tok.decode([i])) == 1 for i in tok.encode("1234567890"))  # digits stay single tokens
         assert len(tok.encode(" marbles")) == 1  # words are merged
+    with pytest.raises(SystemExit, match="length 8: 1000 examples in a row do not fit"):  # not an endless draw
+        train.make_batch(tok, "sdar", 0, 0, 2, 8, set())
 
 
 def test_block_diff_mask_structure():
