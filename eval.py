@@ -40,6 +40,8 @@ EMBEDDED = {"tiny-llada": "python train.py --family llada --out models/tiny-llad
             "tiny-sdar-rcd": "python train_residual.py rcd --base models/tiny-sdar --reference models/tiny-sdar "
                              "--out models/tiny-sdar-rcd",
             "tiny-sdar-mrp": "python mrp.py train --backbone models/tiny-sdar --out models/tiny-sdar-mrp",
+            "tiny-sdar-mrp-remask": "python mrp.py train --backbone models/tiny-sdar --reveals 1,2,3,4,6,8,12,16 "
+                                    "--reveal-from backbone --steps 3000 --out models/tiny-sdar-mrp-remask",
             "tiny-llada-seqd": "python train_residual.py seqd --base models/tiny-llada --out models/tiny-llada-seqd",
             "tiny-llada-rcd": "python train_residual.py rcd --base models/tiny-llada --reference models/tiny-llada "
                               "--out models/tiny-llada-rcd"}
