@@ -267,7 +267,8 @@ def main():
                     help="rcd: residual start (default: reference if --reference is given, else zero)")
     ap.add_argument("--reference", default=None, help="rcd: reference checkpoint for the warm start")
     ap.add_argument("--mrp-steps", type=int, default=None, help="mrp: K (default 3 for spec, 1 for direct and remask)")
-    ap.add_argument("--remask", choices=["published", "code_delta", "loo", "loo_backbone"], default="published",
+    from mrp import REMASK_RULES
+    ap.add_argument("--remask", choices=REMASK_RULES, default="published",
                     help="mrp-remask: the rule (published; the released code's delta veto; leave-one-out re-check by the "
                          "MRP head or by the backbone, see mrp.py)")
     ap.add_argument("--delta", type=float, default=2.0, help="mrp-remask code_delta: the |C| veto")

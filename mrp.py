@@ -249,14 +249,15 @@ def leave_one_out(st, run, x0, proposed, hidden, lo, hi):
     cands.scatter_(2, where[..., None], torch.where(has, mask_id, cands.gather(2, where[..., None])[..., 0])[..., None])
     packed = dict(attention_mask=st.valid[:, lo:hi].repeat(1, n), position_ids=st.pos[:, lo:hi].repeat(1, n),
                   cache_start=lo, attn_mask=verify_mask(st.valid[:, :lo], n, L), block_size=st.block_length)
+    pick = lambda t: t.view(B, n, L, -1).gather(2, where[..., None, None].expand(B, n, 1, t.shape[-1]))[:, :, 0]
     if run.remask == "loo_backbone":
         count_step(st, lo, hi)
-        logits = st.model(cands.view(B, n * L), cache=st.cache, **packed)
+        logits = pick(st.model(cands.view(B, n * L), cache=st.cache, **packed))                 # (B, n, V)
     else:
         run.stats["mrp_forwards"] += 1
         h_c = run.mrp(st.model, cands.view(B, n * L), hidden.repeat(1, n, 1), cache=run.cache, **packed)
-        logits = st.model.lm_head(hidden.repeat(1, n, 1) + run.scale * h_c)
-    logits = logits.view(B, n, L, -1).gather(2, where[..., None, None].expand(B, n, 1, logits.shape[-1]))[:, :, 0]
+        logits = st.model.lm_head(hidden.gather(1, where[..., None].expand(B, n, hidden.shape[-1]))
+                                  + run.scale * pick(h_c))                                       # (B, n, V)
     p = F.softmax(logits.float(), -1).gather(-1, x0.gather(1, where)[..., None])[..., 0]        # (B, n)
     return torch.zeros(B, L, device=x0.device).scatter_add(1, where, torch.where(has, p, 0.0))  # padding adds 0
 
@@ -311,8 +312,8 @@ def decode_mrp(model, prompt, *, mrp, mode, gen_length, block_length, steps=None
     x, stats = decode.block_generate(model, prompt, gen_length=gen_length, block_length=block_length,
                                      denoising_steps=block_length, threshold=threshold if mode == "remask" else 1.0,
                                      denoise=DENOISE[mode](run), store=run.store,
-                                     cache_spare=max(mrp_steps + 1, block_length if remask.startswith("loo") else 1)
-                                     * block_length, **kw)
+                                     cache_spare=(block_length if mode == "remask" and remask.startswith("loo")
+                                                  else mrp_steps + 1) * block_length, **kw)
     return x, {**stats, **run.stats}
 
 # -----------------------------------------------------------------------------
@@ -358,18 +359,30 @@ def mrp_loss(backbone, mrp, ids, prompt_mask, generator, block_size, mrp_steps=1
     return sum(losses) / len(losses)
 
 
-def main_kl(args):
+def training_args(args, block_size):
+    """--reveals as a tuple of counts, checked with --length (train and kl): one-line errors."""
+    try:
+        reveals = tuple(int(v) for v in args.reveals.split(","))
+    except ValueError:
+        raise SystemExit(f"--reveals {args.reveals!r}: expected comma-separated integers, e.g. 1,2,3,4") from None
+    if min(reveals) < 1 or max(reveals) > block_size:
+        raise SystemExit(f"--reveals {args.reveals}: counts must lie in 1..{block_size} (the block size)")
+    if args.length % block_size:
+        raise SystemExit(f"--length {args.length}: must be a multiple of the block size {block_size}")
+    return reveals
+
+
+def main_kl(args, backbone, mrp):
     """How much of the backbone's change after a reveal the head predicts: the training objective on fresh
     batches of the built-in task, for the head and for a zero residual (C = 0: corrected logits = A)."""
     import copy
     import train
     from tokenizer import load_tokenizer
-    backbone, mrp = load_mrp(args.model, args.device, torch.float32)
     zero = copy.deepcopy(mrp)
     with torch.no_grad():
         zero.norm.weight.zero_()  # h_C = 0
     tok, L = load_tokenizer(M.resolve(args.model)), backbone.config.block_size
-    reveals = tuple(int(v) for v in args.reveals.split(","))
+    reveals = training_args(args, L)
     totals = {"head": 0.0, "zero": 0.0}
     for i in range(args.batches):
         ids, pm, _ = train.make_batch(tok, "sdar", 1_000_000 + i, args.seed, args.batch_size, args.length, set())
@@ -394,9 +407,7 @@ def main_train(args):
         raise SystemExit(f"{args.backbone}: MRP needs an SDAR (block-diffusion) backbone")
     folder, L = M.resolve(args.backbone), args.block_size or backbone.config.block_size
     tok = load_tokenizer(folder)
-    reveals = tuple(int(v) for v in args.reveals.split(","))
-    if min(reveals) < 1 or max(reveals) > L:
-        raise SystemExit(f"--reveals {args.reveals}: counts must lie in 1..{L} (the block size)")
+    reveals = training_args(args, L)
     mrp = MRP(backbone.config, args.layers)
     mrp.init_weights(args.init_std)
     print(f"MRP head: {sum(p.numel() for p in mrp.parameters()):,} parameters on a frozen "
@@ -463,10 +474,13 @@ def main():
     args = ap.parse_args()
     if args.command == "train":
         return main_train(args)
+    try:  # a folder that is not an MRP checkpoint, a head that does not fit: one line
+        backbone, mrp = load_mrp(args.model, args.device, torch.float32 if args.command == "kl" else None)
+    except (KeyError, ValueError, OSError) as e:
+        raise SystemExit(str(e.args[0] if e.args else e)) from None  # the loader names the folder
     if args.command == "kl":
-        return main_kl(args)
+        return main_kl(args, backbone, mrp)
     from tokenizer import load_tokenizer
-    backbone, mrp = load_mrp(args.model, args.device)
     tok = load_tokenizer(M.resolve(args.model))
     ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": args.prompt}]))
     x, stats = decode_mrp(backbone, ids, mrp=mrp, mode=args.mode, gen_length=args.gen_length,

@@ -160,6 +160,7 @@ def make_batch(tok, family, step, seed, batch_size, length, held_out, sample=tas
         p, ans = encode(tok, q, a, family)
         if len(ans) <= length and (family == "llada" or len(p) + len(ans) <= length):
             rows.append((p, ans))
+            misses = 0
         elif (misses := misses + 1) >= 1000:  # instead of drawing forever
             raise SystemExit(f"length {length}: 1000 examples in a row do not fit ({len(p) + len(ans)} tokens, "
                              f"{len(ans)} of them answer); raise --length")

@@ -225,8 +225,9 @@ def test_kl_command_compares_the_head_with_a_zero_residual(capsys):
     from conftest import ROOT
     from tokenizer import load_tokenizer
     folder = os.path.join(ROOT, "models", "tiny-sdar-mrp")
-    R.main_kl(argparse.Namespace(model=folder, reveals="1,2", reveal_from="gt", mrp_steps=1, batches=1,
-                                 batch_size=4, length=96, seed=7, device="cpu"))
+    args = argparse.Namespace(model=folder, reveals="1,2", reveal_from="gt", mrp_steps=1, batches=1, batch_size=4,
+                              length=96, seed=7, device="cpu")
+    R.main_kl(args, *R.load_mrp(folder, "cpu", torch.float32))
     head, zero = [float(v) for v in re.findall(r"(?:head|residual) ([0-9.]+)", capsys.readouterr().out)]
     backbone, _ = R.load_mrp(folder, "cpu", torch.float32)
     ids, pm, _ = train.make_batch(load_tokenizer(folder), "sdar", 1_000_000, 7, 4, 96, set())
@@ -238,3 +239,14 @@ def test_kl_command_compares_the_head_with_a_zero_residual(capsys):
         A, B = (backbone(torch.cat([x, ids], 1), **layout)[:, :96][still] for x in (x_t, x_1))
     kl = (B.softmax(-1) * (B.log_softmax(-1) - A.log_softmax(-1))).sum(-1)
     assert abs(zero - ((kl / p[still]).sum() / (~pm).sum()).item()) < 1e-4 and head != zero
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["kl", "--model", os.path.join(os.path.dirname(__file__), "..", "models", "tiny-sdar")], "no mrp_modules"),
+    (["kl", "--reveals", "1,x"], "expected comma-separated integers"),
+    (["kl", "--reveals", "0,2"], "counts must lie in 1..32"),
+    (["kl", "--length", "100"], "multiple of the block size 32")])
+def test_cli_bad_arguments_are_one_line_errors(argv, message, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["mrp.py"] + argv)
+    with pytest.raises(SystemExit, match=message):
+        R.main()
