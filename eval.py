@@ -89,7 +89,8 @@ def decode_rcd(model, prompts, s):
     import residual
     return residual.decode_rcd(model, prompts, gen_length=s["gen_length"], block_length=s["block_length"],
                                steps=s["steps"], threshold=s["threshold"], t_res=s["t_res"], init=s["rcd_init"],
-                               reference=s.get("reference"), cache=s["cache"], temperature=s["temperature"])
+                               reference=s.get("reference"), concentration=s["concentration"], cache=s["cache"],
+                               temperature=s["temperature"])
 
 
 def mrp_mode(mode):
@@ -122,7 +123,7 @@ METHODS = {
     "elastic": decode_elastic,
 }
 # The knobs a method reads beyond the common ones (a logged sample is tied to their values, see fingerprint).
-METHOD_KNOBS = {"rcd": ("t_res", "rcd_init"), "mrp-direct": ("mrp_steps",), "mrp-spec": ("mrp_steps",),
+METHOD_KNOBS = {"rcd": ("t_res", "rcd_init", "concentration"), "mrp-direct": ("mrp_steps",), "mrp-spec": ("mrp_steps",),
                 "mrp-remask": ("mrp_steps", "remask", "delta"), "elastic": ("r", "budget", "positions")}
 # A research method is reported next to the plain decoder it improves on, at the same settings: which one,
 # on which checkpoint by default ("same": the method's own), and the defaults of `python eval.py --method X`.
@@ -263,8 +264,10 @@ def main():
     ap.add_argument("--cache", choices=["prefix", "dual"], default=None, help="Fast-dLLM cache for LLaDA methods")
     ap.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
     ap.add_argument("--t-res", type=float, default=1.0, help="rcd: entropy temperature T_res (tempers alpha only)")
-    ap.add_argument("--rcd-init", choices=["zero", "reference", "self"], default=None,
+    ap.add_argument("--rcd-init", choices=["zero", "reference", "self", "dirichlet"], default=None,
                     help="rcd: residual start (default: reference if --reference is given, else zero)")
+    ap.add_argument("--concentration", type=float, default=None,
+                    help="rcd --rcd-init dirichlet: the Dirichlet concentration c (not given in the paper; default 1)")
     ap.add_argument("--reference", default=None, help="rcd: reference checkpoint for the warm start")
     ap.add_argument("--mrp-steps", type=int, default=None, help="mrp: K (default 3 for spec, 1 for direct and remask)")
     from mrp import REMASK_RULES
@@ -295,6 +298,8 @@ def main():
     if args.model == defaults.get("model"):
         args.block_length = args.block_length or defaults.get("block_length")
     runs = [(args.model, args.method)]
+    if args.concentration is not None and args.rcd_init != "dirichlet":
+        raise SystemExit("--concentration is the Dirichlet start's parameter: give it with --rcd-init dirichlet")
     if args.compare and args.no_compare:
         raise SystemExit("--compare and --no-compare contradict each other: give one")
     if args.method in COUNTERPART and not args.no_compare:
@@ -328,6 +333,7 @@ def main():
         base = dict(family=family, method=method, gen_length=args.gen_length or GEN_LENGTH[args.task],
                     temperature=args.temperature, cache=args.cache, t_res=args.t_res, remask=args.remask,
                     delta=args.delta, r=args.r, budget=args.budget, positions=args.positions, rcd_init=args.rcd_init or ("reference" if args.reference else "zero"),
+                    concentration=1.0 if args.concentration is None else args.concentration,
                     mrp_steps=args.mrp_steps if args.mrp_steps is not None else 3 if method == "mrp-spec" else 1,
                     block_length=args.block_length or (net.config.block_size if family == "sdar" else
                                                        8 if args.task == "tiny" else 32), **extras)

@@ -9,7 +9,8 @@ the next step. No new parameters: only the input embeddings of still-masked posi
   one-step Markov: each forward's alpha/delta replace the previous ones; nothing accumulates.
   start (Sec. 3.3):    cold = zero residual (the first step is the plain forward; v2's SDAR recipe);
                        warm = a reference model's first prediction (v2's LLaDA recipe), or the target's own
-                       ("self", Table 5), computed with the target's E either way.
+                       ("self", Table 5), computed with the target's E either way; or "dirichlet" (Table 5's
+                       best row): p ~ Dir(c, ..., c) drawn per fresh position, no forward.
 
 RCD plugs into decode.py as a `forward=` hook (class `Residual`): the decoders' loops, commit rules,
 schedules and caches are untouched. State lives per (sample, absolute position), so it follows whatever a
@@ -22,7 +23,9 @@ Readings of what the paper leaves open (rcd.md section 6), each a flag with the 
   t_res tempers alpha only (Algorithm 2), not delta; alpha_scale multiplies H / log V (1 = the paper) and
   the result is clipped to [0, 1]; V = the logits' size; delta uses the untempered softmax even when
   sampling at a temperature; p @ E is computed in the embedding's dtype (fp32 on CPU) for masked positions
-  only, in chunks. Training is in train_residual.py.
+  only, in chunks. The paper gives no Dirichlet parameters (ambiguity 10): the concentration c is a flag,
+  default 1 (uniform over the simplex), drawn from torch's global generator (eval.py seeds it per batch),
+  and T_res tempers it like any prediction (alpha from p^(1/T_res)). Training is in train_residual.py.
 """
 import math
 
@@ -66,6 +69,17 @@ def soft_token(logits, embedding, chunk=256):
     return residual_terms(logits, embedding, chunk=chunk)[1]
 
 
+def dirichlet_logits(n, V, concentration, device=None):
+    """(n, V) log-weights whose softmax is a Dirichlet(c, ..., c) draw: g_j ~ Gamma(c) normalised is Dirichlet,
+    and softmax normalises for us. Drawn in log space, log g = log Gamma(c + 1) + log(U) / c (Marsaglia and
+    Tsang's boost), because Gamma(c) itself underflows to 0 in fp32 for small c."""
+    if not concentration > 0:
+        raise ValueError(f"Dirichlet concentration {concentration}: must be > 0")
+    shape = torch.full((n, V), concentration + 1.0, device=device)
+    u = torch.rand(n, V, device=device).clamp_min(torch.finfo(torch.float32).tiny)
+    return torch._standard_gamma(shape).log() + u.log() / concentration
+
+
 def mix(embeds, ids, mask_id, mask_embedding, alpha, delta):
     """Eq. 2: (1 - alpha) E[MASK] + alpha delta where ids == MASK; the hard embedding elsewhere."""
     soft = (1 - alpha[..., None]) * mask_embedding + alpha[..., None] * delta
@@ -74,15 +88,20 @@ def mix(embeds, ids, mask_id, mask_embedding, alpha, delta):
 
 class Residual:
     """RCD's state and decode.py `forward=` hook. Holds alpha (B, N) and delta (B, N, C) per absolute position
-    plus which positions have been predicted; `init` = "zero" (cold), "reference" or "self" (warm)."""
+    plus which positions have been predicted; `init` = "zero" (cold), "reference" or "self" (warm), or
+    "dirichlet" (a random draw with `concentration`)."""
 
-    def __init__(self, model, t_res=1.0, alpha_scale=1.0, init="zero", reference=None):
-        if init not in ("zero", "reference", "self") or (init == "reference") != (reference is not None):
-            raise ValueError(f"init {init!r}: expected 'zero', 'self', or 'reference' together with a reference model")
+    def __init__(self, model, t_res=1.0, alpha_scale=1.0, init="zero", reference=None, concentration=1.0):
+        if init not in ("zero", "reference", "self", "dirichlet") or (init == "reference") != (reference is not None):
+            raise ValueError(f"init {init!r}: expected 'zero', 'self', 'dirichlet', or 'reference' together with a "
+                             "reference model")
+        if init == "dirichlet" and not concentration > 0:
+            raise ValueError(f"Dirichlet concentration {concentration}: must be > 0")
         if reference is not None and reference.config.vocab_size != model.config.vocab_size:
             raise ValueError(f"reference vocabulary {reference.config.vocab_size} != target {model.config.vocab_size}: "
                              "the residual mixes the reference's probabilities with the target's embeddings")
         self.model, self.t_res, self.alpha_scale, self.init, self.reference = model, t_res, alpha_scale, init, reference
+        self.concentration = concentration
         self.alpha = self.delta = self.seen = None
         self.ref_cache, self.stats = None, {"ref_forwards": 0, "self_forwards": 0}
         self.alpha_sum, self.alpha_n = torch.zeros(2), 0  # (sum of alpha, count > 0.1) on the device; positions
@@ -101,8 +120,11 @@ class Residual:
     def update(self, logits, ids, pos):
         """Refresh alpha/delta at the fed positions that are still masks (the only ones that will use them)."""
         mask = ids == self.model.config.mask_token_id
-        rows = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(ids)[mask]
-        z = logits[mask]
+        self.store(logits[mask], mask, pos)
+
+    def store(self, z, mask, pos):
+        """alpha/delta from the predictions z (n, V) of the n positions where `mask` (B, T) is set."""
+        rows = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)[mask]
         alpha, self.delta[rows, pos[mask]] = residual_terms(z, self.model.embed_tokens.weight, self.t_res, self.alpha_scale)
         self.alpha[rows, pos[mask]] = alpha
         self.alpha_sum = self.alpha_sum.to(alpha.device) + torch.stack([alpha.sum(), (alpha > 0.1).sum().float()])
@@ -116,7 +138,8 @@ class Residual:
         emb_w = model.embed_tokens.weight
         self._grow(B, int(pos.max()) + 1, emb_w.shape[1], ids.device)
         call = dict(position_ids=pos, cache=cache, cache_start=cache_start, kv_end=kv_end, **kw)
-        fresh = ((ids == model.config.mask_token_id) & ~self.seen.gather(1, pos)).any()
+        new = (ids == model.config.mask_token_id) & ~self.seen.gather(1, pos)
+        fresh = new.any()
         if self.reference is not None and cache is not None and (fresh or not (ids == model.config.mask_token_id).any()):
             # the reference keeps its own KV cache in step with the target's: it sees every clean write
             # (prefill, store passes, block-start forwards) and every warm start
@@ -126,6 +149,9 @@ class Residual:
             self.stats["ref_forwards"] += 1
             if fresh:
                 self.update(ref_logits, ids, pos)
+        elif fresh and self.init == "dirichlet":
+            self.store(dirichlet_logits(int(new.sum()), model.config.vocab_size, self.concentration, ids.device),
+                       new, pos)
         elif fresh and self.init != "zero":  # warm start without a cache, or from the target itself
             first = (self.reference or model)(ids, **{**call, "return_hidden": False})
             self.stats["ref_forwards" if self.reference is not None else "self_forwards"] += 1
@@ -139,11 +165,11 @@ class Residual:
 
 
 def decode_rcd(model, prompt, *, gen_length, block_length, steps=None, threshold=None, t_res=1.0, alpha_scale=1.0,
-               init="zero", reference=None, cache=None, **kw):
+               init="zero", reference=None, concentration=1.0, cache=None, **kw):
     """RCD decoding with the family's decoder: LLaDA's generate (threshold and caches included) or SDAR's
     block_generate (dynamic threshold included). Returns (x, stats) with `ref_forwards` / `self_forwards` and
     the residual weights computed at masked positions: `alpha_mean`, `alpha_above_0.1` (a fraction)."""
-    hook = Residual(model, t_res, alpha_scale, init, reference)
+    hook = Residual(model, t_res, alpha_scale, init, reference, concentration)
     if model.config.family == "llada":
         x, stats = decode.generate(model, prompt, steps=steps or gen_length, gen_length=gen_length,
                                    block_length=block_length, threshold=threshold, cache=cache, forward=hook, **kw)

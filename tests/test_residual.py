@@ -105,3 +105,44 @@ def test_stats_report_the_residual_weights_computed(llada):
     assert off["alpha_mean"] == 0.0 and off["alpha_above_0.1"] == 0.0
     _, on = R.decode_rcd(llada, prompt, gen_length=16, block_length=8, steps=8)
     assert 0.1 < on["alpha_mean"] <= 1.0 and 0.0 < on["alpha_above_0.1"] <= 1.0
+
+
+@pytest.mark.parametrize("c", [0.01, 1.0, 5.0])
+def test_dirichlet_draws_have_the_dirichlet_entropy(c):
+    """softmax of the log-space draws is Dirichlet(c, ..., c): a point of the simplex whose expected entropy is
+    digamma(Vc + 1) - digamma(c + 1); finite even for small c, where Gamma(c) underflows in fp32."""
+    torch.manual_seed(0)
+    V = 50
+    z = R.dirichlet_logits(4000, V, c)
+    assert torch.isfinite(z).all()
+    p = F.softmax(z, -1)
+    h = -(p * p.clamp_min(1e-30).log()).sum(-1)
+    want = torch.digamma(torch.tensor(V * c + 1.0)) - torch.digamma(torch.tensor(c + 1.0))
+    assert abs(h.mean() - want) < 0.02 * want + 0.01
+    assert abs(p.mean(0) - 1 / V).max() < 0.01                            # symmetric: every token equally likely
+    with pytest.raises(ValueError, match="concentration 0"):
+        R.dirichlet_logits(2, V, 0)
+
+
+def test_dirichlet_start_costs_no_forward_and_is_seeded(llada, sdar):
+    prompts = torch.randint(0, 90, (2, 5))
+    zero, st0 = R.decode_rcd(llada, prompts, gen_length=16, block_length=8, steps=8)
+    torch.manual_seed(3)
+    a, st = R.decode_rcd(llada, prompts, gen_length=16, block_length=8, steps=8, init="dirichlet", concentration=0.5)
+    torch.manual_seed(3)
+    b, _ = R.decode_rcd(llada, prompts, gen_length=16, block_length=8, steps=8, init="dirichlet", concentration=0.5)
+    assert torch.equal(a, b) and not torch.equal(a, zero)
+    assert st["nfe"] == st0["nfe"] and st["self_forwards"] == 0 and st["ref_forwards"] == 0
+    off, _ = R.decode_rcd(llada, prompts, gen_length=16, block_length=8, steps=8, init="dirichlet", alpha_scale=0.0)
+    assert torch.equal(off, D.generate(llada, prompts, gen_length=16, block_length=8, steps=8)[0])
+    # SDAR: a draw per block, at the block's first step only (one draw per fresh position)
+    hook, draws = R.Residual(sdar, init="dirichlet"), []
+    real = R.dirichlet_logits
+    R.dirichlet_logits = lambda n, *a: draws.append(n) or real(n, *a)
+    try:
+        D.block_generate(sdar, torch.randint(0, 75, (6,)), gen_length=12, block_length=4, forward=hook, stop_ids=[])
+    finally:
+        R.dirichlet_logits = real
+    assert draws == [2, 4, 4, 4]  # the prompt's block holds 2 masks, then 3 whole blocks
+    with pytest.raises(ValueError, match="concentration -1"):
+        R.Residual(sdar, init="dirichlet", concentration=-1)

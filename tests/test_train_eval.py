@@ -148,6 +148,8 @@ def test_eval_compares_a_research_method_with_its_counterpart(trained, tmp_path)
     assert [(r["method"], r["model"]) for r in res["rows"]] == [("baseline", "llada"), ("elastic", "llada")]
     out = run("eval.py", "--model", str(tmp_path / "missing"), "--method", "rcd", check=False)
     assert out.returncode != 0 and "no such folder" in out.stderr
+    out = run("eval.py", "--method", "rcd", "--concentration", "2", check=False)  # would be silently unused
+    assert out.returncode != 0 and "give it with --rcd-init dirichlet" in out.stderr
 
 
 def test_eval_elastic_folding_generates_past_the_maximum_length(trained, tmp_path):
