@@ -19,6 +19,7 @@ that decide tokens), generated tokens up to the first stop id, tokens per forwar
 import argparse
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -123,7 +124,7 @@ METHODS = {
     "elastic": decode_elastic,
 }
 # The knobs a method reads beyond the common ones (a logged sample is tied to their values, see fingerprint).
-METHOD_KNOBS = {"rcd": ("t_res", "rcd_init", "concentration"), "mrp-direct": ("mrp_steps",), "mrp-spec": ("mrp_steps",),
+METHOD_KNOBS = {"rcd": ("t_res", "rcd_init"), "mrp-direct": ("mrp_steps",), "mrp-spec": ("mrp_steps",),
                 "mrp-remask": ("mrp_steps", "remask", "delta"), "elastic": ("r", "budget", "positions")}
 # A research method is reported next to the plain decoder it improves on, at the same settings: which one,
 # on which checkpoint by default ("same": the method's own), and the defaults of `python eval.py --method X`.
@@ -177,6 +178,8 @@ def fingerprint(folders, s, args, dtype):
     used = ("method", "family", "gen_length", "block_length", "name", "temperature", "cache",  # name: the
             *METHOD_KNOBS.get(s["method"], ()))  # effective steps / threshold, so --steps 56 reuses a default run
     knobs = {k: s[k] for k in used}
+    if s.get("rcd_init") == "dirichlet":  # only where it is used: logs of the other starts stay valid
+        knobs["concentration"] = s["concentration"]
     h.update(json.dumps([knobs, str(dtype), args.seed, args.task], sort_keys=True).encode())
     return h.hexdigest()
 
@@ -223,6 +226,18 @@ def summarize(rows, task, label, s, n_expected):
             "accuracy": 100.0 * sum(r["correct"] for r in rows) / n, "nfe": nfe / n, "tokens": tokens / n,
             "tokens_per_forward": tokens / max(1, nfe), "seconds": sec, "ms_per_forward": 1000 * sec / max(1, nfe),
             "complete": len(rows) == n_expected}
+
+
+def paired(base, new):
+    """The method's accuracy minus its counterpart's on the same problems (dicts id -> correct), in points, with
+    a 95 % interval from the per-problem differences (normal approximation: 1.96 standard errors of their mean;
+    pairing removes the variance both runs share), and how many problems only one of the two gets right."""
+    d = [int(new[i]) - int(base[i]) for i in new if i in base]
+    n = len(d)
+    mean = sum(d) / max(n, 1)
+    var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
+    return {"n": n, "delta": 100 * mean, "ci95": 100 * 1.96 * math.sqrt(var / max(n, 1)),
+            "only_method": d.count(1), "only_counterpart": d.count(-1)}
 
 
 def plot(rows, path):
@@ -322,7 +337,7 @@ def main():
     shard = records[rank::world]
     steps = [int(v) for v in args.steps.split(",")] if args.steps else [None]
     thresholds = [float(v) for v in args.thresholds.split(",")] if args.thresholds else [None]
-    rows, header, loaded = [], None, {}
+    rows, header, loaded, correct = [], None, {}, {run: {} for run in runs}
     for path, method in runs:
         how = args.method if path == args.model else method  # an MRP checkpoint's backbone serves its counterpart
         if (path, how) not in loaded:
@@ -380,6 +395,8 @@ def main():
             mine = [row for part in gathered for row in part] if rank == 0 else []
         rows += [summarize([r for r in mine if r["setting"] == s["name"]], args.task, name, s, len(records))
                  for s in settings]
+        for s in settings:
+            correct[(path, method)][s["name"]] = {r["id"]: r["correct"] for r in mine if r["setting"] == s["name"]}
         header = header or {"device": device_name, "dtype": str(dtype).replace("torch.", ""), "family": family,
                             "batch_size": args.batch_size, "gen_length": base["gen_length"],
                             "block_length": base["block_length"], "metric": tasks.BENCHMARKS[args.task]["metric"],
@@ -396,6 +413,13 @@ def main():
               f"{r['tokens']:7.1f} {r['tokens_per_forward']:8.2f} {r['ms_per_forward']:7.1f} {r['seconds']:8.1f}")
     print(f"({header['metric']}; {header['family']} on {header['device']}, {header['dtype']}, batch {args.batch_size}, "
           f"gen {header['gen_length']}, block {header['block_length']})")
+    if len(runs) == 2:  # the method against its counterpart, problem by problem
+        (base_run, base_correct), (_, new_correct) = correct.items()
+        for r in rows[len(rows) // 2:]:
+            r["vs_counterpart"] = c = paired(base_correct[r["setting"]], new_correct[r["setting"]])
+            print(f"{r['method']} - {base_run[1]} at {r['setting']}: {c['delta']:+.1f} +- {c['ci95']:.1f} points (95 %, "
+                  f"paired over {c['n']} problems; right only with {r['method']}: {c['only_method']}, "
+                  f"only with {base_run[1]}: {c['only_counterpart']})")
     if args.plot or (len(runs) > 1 and len(rows) > 2):
         plot(rows, args.plot or os.path.join("runs", f"{args.task}-{args.method}.png"))
     if args.out:

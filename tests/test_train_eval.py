@@ -146,6 +146,10 @@ def test_eval_compares_a_research_method_with_its_counterpart(trained, tmp_path)
     res = last_json(run("eval.py", "--model", str(trained / "llada"), "--method", "elastic", "--r", "1", "--limit", "3",
                         "--gen-length", "16", "--samples", str(tmp_path / "e")))
     assert [(r["method"], r["model"]) for r in res["rows"]] == [("baseline", "llada"), ("elastic", "llada")]
+    base, new = res["rows"]
+    c = new["vs_counterpart"]  # paired over the same 3 problems: the difference of the accuracies
+    assert c["n"] == 3 and abs(c["delta"] - (new["accuracy"] - base["accuracy"])) < 1e-9
+    assert c["only_method"] - c["only_counterpart"] == round(3 * c["delta"] / 100) and c["ci95"] >= 0
     out = run("eval.py", "--model", str(tmp_path / "missing"), "--method", "rcd", check=False)
     assert out.returncode != 0 and "no such folder" in out.stderr
     out = run("eval.py", "--method", "rcd", "--concentration", "2", check=False)  # would be silently unused
@@ -163,3 +167,14 @@ def test_eval_elastic_folding_generates_past_the_maximum_length(trained, tmp_pat
     assert out.returncode != 0 and "written by another model, data or setting" in out.stderr
     plain = run(*[("baseline" if a == "elastic" else a) for a in args], "--samples", str(tmp_path / "p"), check=False)
     assert plain.returncode != 0 and "exceed the model's maximum of 1024 positions" in plain.stderr
+
+
+def test_paired_difference_and_its_interval():
+    import eval as E
+    base = {"a": True, "b": False, "c": False, "d": True}
+    new = {"a": True, "b": True, "c": False, "d": False, "e": True}  # e: not in the counterpart's run, left out
+    c = E.paired(base, new)  # differences 0, +1, 0, -1: mean 0, sample variance 2/3
+    assert c["n"] == 4 and c["delta"] == 0.0 and c["only_method"] == 1 and c["only_counterpart"] == 1
+    assert abs(c["ci95"] - 100 * 1.96 * (2 / 3 / 4) ** 0.5) < 1e-9
+    assert E.paired({"a": False, "b": False}, {"a": True, "b": True}) == {
+        "n": 2, "delta": 100.0, "ci95": 0.0, "only_method": 2, "only_counterpart": 0}
