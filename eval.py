@@ -178,7 +178,7 @@ def fingerprint(folders, s, args, dtype):
     used = ("method", "family", "gen_length", "block_length", "name", "temperature", "cache",  # name: the
             *METHOD_KNOBS.get(s["method"], ()))  # effective steps / threshold, so --steps 56 reuses a default run
     knobs = {k: s[k] for k in used}
-    if s.get("rcd_init") == "dirichlet":  # only where it is used: logs of the other starts stay valid
+    if s["method"] == "rcd" and s["rcd_init"] == "dirichlet":  # only where used: other logs stay valid
         knobs["concentration"] = s["concentration"]
     h.update(json.dumps([knobs, str(dtype), args.seed, args.task], sort_keys=True).encode())
     return h.hexdigest()
