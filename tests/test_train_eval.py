@@ -178,3 +178,17 @@ def test_paired_difference_and_its_interval():
     assert abs(c["ci95"] - 100 * 1.96 * (2 / 3 / 4) ** 0.5) < 1e-9
     assert E.paired({"a": False, "b": False}, {"a": True, "b": True}) == {
         "n": 2, "delta": 100.0, "ci95": 0.0, "only_method": 2, "only_counterpart": 0}
+
+
+def test_dirichlet_concentration_is_part_of_the_rcd_setting_only():
+    """A log is tied to the knobs its run used: the concentration for an rcd run with the Dirichlet start,
+    nothing for its counterpart (whose SeqD log must stay reusable) or for the other starts."""
+    import argparse
+    import eval as E
+    args = argparse.Namespace(seed=0, task="tiny")
+    s = dict(method="rcd", family="llada", gen_length=8, block_length=8, name="steps=8", temperature=0.0, cache=None,
+             t_res=1.0, rcd_init="dirichlet", concentration=1.0)
+    fp = lambda **kw: E.fingerprint([], {**s, **kw}, args, torch.float32)
+    assert fp() != fp(concentration=0.5)
+    assert fp(rcd_init="zero") == fp(rcd_init="zero", concentration=0.5)
+    assert fp(method="threshold") == fp(method="threshold", concentration=0.5) == fp(method="threshold", rcd_init="zero")
