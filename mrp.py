@@ -396,6 +396,15 @@ def main_kl(args, backbone, mrp):
           f"{totals['zero']:.5f}: the head removes {100 * (1 - totals['head'] / totals['zero']):.1f} %")
 
 
+def load_or_exit(path, device, dtype):
+    """load_mrp for the command line: a folder that is not an MRP checkpoint, or a head that does not fit, is
+    one line (the loader's message names the folder)."""
+    try:
+        return load_mrp(path, device, dtype)
+    except (KeyError, ValueError, OSError) as e:
+        raise SystemExit(str(e.args[0] if e.args else e)) from None
+
+
 def main_train(args):
     import tasks
     import train
@@ -410,6 +419,12 @@ def main_train(args):
     reveals = training_args(args, L)
     mrp = MRP(backbone.config, args.layers)
     mrp.init_weights(args.init_std)
+    if args.init:  # go on from a trained head (a warm restart: the schedule starts over)
+        _, start = load_or_exit(args.init, device, torch.float32)
+        if len(start.layers) != args.layers or start.eh_proj.weight.shape != mrp.eh_proj.weight.shape:
+            raise SystemExit(f"--init {args.init}: a {len(start.layers)}-layer head of width {start.eh_proj.weight.shape[0]}, "
+                             f"not --layers {args.layers} on this backbone")
+        mrp.load_state_dict(start.state_dict())
     print(f"MRP head: {sum(p.numel() for p in mrp.parameters()):,} parameters on a frozen "
           f"{sum(p.numel() for p in backbone.parameters()):,}-parameter backbone; K = {args.mrp_steps}")
     os.makedirs(args.out, exist_ok=True)
@@ -450,6 +465,8 @@ def main():
     t.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (the paper's)")
     t.add_argument("--init-std", type=float, default=0.2, help="std of every MRP parameter at initialisation")
     t.add_argument("--seed", type=int, default=0, help="data order and noise")
+    t.add_argument("--init", default=None, help="start from this trained MRP checkpoint's head (give a new --seed "
+                                                "for new data: the same seed repeats its batches)")
     t.add_argument("--save-every", type=int, default=250, help="steps between resumable checkpoints")
     t.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
     k = sub.add_parser("kl", help="the head's KL to the backbone on fresh batches, against a zero residual")
@@ -474,10 +491,7 @@ def main():
     args = ap.parse_args()
     if args.command == "train":
         return main_train(args)
-    try:  # a folder that is not an MRP checkpoint, a head that does not fit: one line
-        backbone, mrp = load_mrp(args.model, args.device, torch.float32 if args.command == "kl" else None)
-    except (KeyError, ValueError, OSError) as e:
-        raise SystemExit(str(e.args[0] if e.args else e)) from None  # the loader names the folder
+    backbone, mrp = load_or_exit(args.model, args.device, torch.float32 if args.command == "kl" else None)
     if args.command == "kl":
         return main_kl(args, backbone, mrp)
     from tokenizer import load_tokenizer

@@ -250,3 +250,23 @@ def test_cli_bad_arguments_are_one_line_errors(argv, message, monkeypatch):
     monkeypatch.setattr("sys.argv", ["mrp.py"] + argv)
     with pytest.raises(SystemExit, match=message):
         R.main()
+
+
+def test_train_init_goes_on_from_a_trained_head(tmp_path, monkeypatch):
+    """--init: the head starts from the given checkpoint (one step at a negligible learning rate leaves the
+    committed weights), and a checkpoint that is no MRP head, or a head of another depth, is one line."""
+    from conftest import ROOT
+    models = os.path.join(ROOT, "models")
+    base = ["mrp.py", "train", "--out", str(tmp_path / "out"), "--steps", "1", "--batch-size", "2", "--device", "cpu"]
+    for extra, message in ((["--init", os.path.join(models, "tiny-sdar")], "no mrp_modules"),
+                           (["--init", os.path.join(models, "tiny-sdar-mrp"), "--layers", "2"], "not --layers 2")):
+        monkeypatch.setattr("sys.argv", base + extra)
+        with pytest.raises(SystemExit, match=message):
+            R.main()
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr("sys.argv", base + ["--init", os.path.join(models, "tiny-sdar-mrp"), "--lr", "1e-12"])
+    R.main()
+    (_, before), (_, after) = (R.load_mrp(p, "cpu", torch.float32) for p in (os.path.join(models, "tiny-sdar-mrp"),
+                                                                             str(tmp_path / "out")))
+    for a, b in zip(before.parameters(), after.parameters()):
+        assert torch.equal(a, b)  # both bf16 on disk: the step moved nothing a bf16 weight can hold
