@@ -213,6 +213,8 @@ def run_setting(net, tok, records, s, args, done, log, bar):
             row = {"setting": s["name"], "id": r["id"], "key": sample_key(s["fingerprint"], r), "output": out, "extracted": answer, "correct": bool(ok),
                    "rule": rule, "nfe": stats["nfe_per_sample"][j], "tokens": stats["gen_tokens"][j],
                    "seconds": stats["seconds"] / len(batch)}
+            if "alpha_mean" in stats:  # rcd: its batch's mean residual weight over the masked positions computed
+                row["alpha"] = stats["alpha_mean"]
             log.write(json.dumps(row) + "\n")
             done[(s["name"], r["id"])] = row
         log.flush()
@@ -225,7 +227,8 @@ def summarize(rows, task, label, s, n_expected):
     return {"task": task, "method": s["method"], "model": label, "setting": s["name"], "n": len(rows),
             "accuracy": 100.0 * sum(r["correct"] for r in rows) / n, "nfe": nfe / n, "tokens": tokens / n,
             "tokens_per_forward": tokens / max(1, nfe), "seconds": sec, "ms_per_forward": 1000 * sec / max(1, nfe),
-            "complete": len(rows) == n_expected}
+            "complete": len(rows) == n_expected,
+            **({"alpha_mean": sum(r["alpha"] for r in rows) / n} if rows and all("alpha" in r for r in rows) else {})}
 
 
 def paired(base, new):
@@ -413,6 +416,10 @@ def main():
               f"{r['tokens']:7.1f} {r['tokens_per_forward']:8.2f} {r['ms_per_forward']:7.1f} {r['seconds']:8.1f}")
     print(f"({header['metric']}; {header['family']} on {header['device']}, {header['dtype']}, batch {args.batch_size}, "
           f"gen {header['gen_length']}, block {header['block_length']})")
+    for r in rows:
+        if "alpha_mean" in r:
+            print(f"{r['model']} {r['setting']}: mean residual weight alpha {r['alpha_mean']:.4f} (over the masked "
+                  "positions RCD computed; each batch's mean, averaged over the problems)")
     if len(runs) == 2:  # the method against its counterpart, problem by problem
         (base_run, base_correct), (_, new_correct) = correct.items()
         for r in rows[len(rows) // 2:]:

@@ -192,3 +192,10 @@ def test_dirichlet_concentration_is_part_of_the_rcd_setting_only():
     assert fp() != fp(concentration=0.5)
     assert fp(rcd_init="zero") == fp(rcd_init="zero", concentration=0.5)
     assert fp(method="threshold") == fp(method="threshold", concentration=0.5) == fp(method="threshold", rcd_init="zero")
+
+
+def test_eval_rcd_reports_its_residual_weight(trained, tmp_path):
+    res = last_json(run("eval.py", "--model", str(trained / "llada"), "--method", "rcd", "--no-compare", "--limit", "2",
+                        "--thresholds", "0.5", "--gen-length", "8", "--block-length", "8", "--samples", str(tmp_path / "r.jsonl")))
+    alphas = [json.loads(line)["alpha"] for line in open(tmp_path / "r.jsonl")]
+    assert len(alphas) == 2 and 0 < res["rows"][0]["alpha_mean"] == sum(alphas) / 2 <= 1
