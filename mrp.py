@@ -91,6 +91,13 @@ def load_mrp(name_or_path, device=None, dtype=None):
     """(backbone, mrp) from an official MRP checkpoint: backbone keys as SDAR's, the head under mrp_modules.0."""
     folder = M.resolve(name_or_path)
     backbone = M.from_pretrained(folder, device, dtype, skip=("mrp_modules.", "mtp_modules."))
+    w = backbone.lm_head.weight
+    return backbone, load_head(folder, backbone.config, w.device, w.dtype)
+
+
+def load_head(folder, config, device, dtype):
+    """The MRP head alone from an official MRP checkpoint folder, shaped for a backbone with `config` (its
+    tensors are checked against those shapes); the checkpoint's own backbone is not read."""
     hf = M.read_json(os.path.join(folder, "config.json"))
     where = {k: v for k, v in M.checkpoint_files(folder).items()
              if k.startswith(("mrp_modules.", "mtp_modules.")) and not k.endswith(tuple("0." + a for a in ALIASES))}
@@ -98,13 +105,12 @@ def load_mrp(name_or_path, device=None, dtype=None):
         raise KeyError(f"{folder}: no mrp_modules.* keys: not an MRP checkpoint")
     if hf.get("num_mrp_heads", 1) != 1:
         raise ValueError(f"{folder}: num_mrp_heads={hf['num_mrp_heads']}; only one MRP head is supported")
-    w = backbone.lm_head.weight
     with torch.device("meta"):
-        mrp = MRP(backbone.config, hf.get("num_nextn_predict_layers", 1))
+        mrp = MRP(config, hf.get("num_nextn_predict_layers", 1))
     want = {k: v.shape for k, v in mrp.state_dict().items()}
-    mrp.load_state_dict(M.read_state(where, MRP_KEYS, want, w.device, w.dtype, f"{folder}: MRP head"),
+    mrp.load_state_dict(M.read_state(where, MRP_KEYS, want, device, dtype, f"{folder}: MRP head"),
                         strict=True, assign=True)
-    return backbone, mrp.eval()
+    return mrp.eval()
 
 
 def save_mrp(backbone, mrp, folder, tokenizer_from=None):
@@ -396,11 +402,11 @@ def main_kl(args, backbone, mrp):
           f"{totals['zero']:.5f}: the head removes {100 * (1 - totals['head'] / totals['zero']):.1f} %")
 
 
-def load_or_exit(path, device, dtype):
-    """load_mrp for the command line: a folder that is not an MRP checkpoint, or a head that does not fit, is
-    one line (the loader's message names the folder)."""
+def load_or_exit(load, *args):
+    """load_mrp / load_head for the command line: a folder that is not an MRP checkpoint, or a head that does not
+    fit, is one line (the loader's message names the folder)."""
     try:
-        return load_mrp(path, device, dtype)
+        return load(*args)
     except (KeyError, ValueError, OSError) as e:
         raise SystemExit(str(e.args[0] if e.args else e)) from None
 
@@ -420,10 +426,9 @@ def main_train(args):
     mrp = MRP(backbone.config, args.layers)
     mrp.init_weights(args.init_std)
     if args.init:  # go on from a trained head (a warm restart: the schedule starts over)
-        _, start = load_or_exit(args.init, device, torch.float32)
-        if len(start.layers) != args.layers or start.eh_proj.weight.shape != mrp.eh_proj.weight.shape:
-            raise SystemExit(f"--init {args.init}: a {len(start.layers)}-layer head of width {start.eh_proj.weight.shape[0]}, "
-                             f"not --layers {args.layers} on this backbone")
+        start = load_or_exit(lambda: load_head(M.resolve(args.init), backbone.config, device, torch.float32))
+        if len(start.layers) != args.layers:
+            raise SystemExit(f"--init {args.init}: a {len(start.layers)}-layer head, not --layers {args.layers}")
         mrp.load_state_dict(start.state_dict())
     print(f"MRP head: {sum(p.numel() for p in mrp.parameters()):,} parameters on a frozen "
           f"{sum(p.numel() for p in backbone.parameters()):,}-parameter backbone; K = {args.mrp_steps}")
@@ -491,7 +496,7 @@ def main():
     args = ap.parse_args()
     if args.command == "train":
         return main_train(args)
-    backbone, mrp = load_or_exit(args.model, args.device, torch.float32 if args.command == "kl" else None)
+    backbone, mrp = load_or_exit(load_mrp, args.model, args.device, torch.float32 if args.command == "kl" else None)
     if args.command == "kl":
         return main_kl(args, backbone, mrp)
     from tokenizer import load_tokenizer
