@@ -91,10 +91,13 @@ def bench_elastic(args, device, dtype):
     generation length: one forward over the whole canvas versus one over the columns `elastic_feed` keeps
     (prompt, history, current block, r masks per later block, terminal block, original positions), with the
     current block first and in the middle of the generation. Median of --repeats forwards each. Then whole
-    generations at --elastic-decode-length with threshold decoding, without a cache and with Fast-dLLM's dual
-    cache, full canvas versus compressed: seconds per generation (a dual cache refreshes with one forward
-    over everything fed at each block's first step, and compression shortens both that forward and the
-    keys every later step attends to). Whole generations at 4,096 tokens take too long on a CPU."""
+    generations at --elastic-decode-length with threshold decoding, without a cache and with Fast-dLLM's
+    prefix and dual caches, full canvas versus compressed: seconds per generation, and per forward (the
+    random model's choices differ between layouts, so the forward counts do too). A prefix cache feeds the
+    current block and everything after it, which compression shortens; a dual cache refreshes with one
+    forward over everything fed at each block's first step and then feeds the current block only, so
+    compression shortens that forward and the keys every later step attends to. Whole generations at 4,096
+    tokens take too long on a CPU."""
     import mask_compress
     llada = random_model("llada", device, dtype, args.n_embd, args.n_layer, args.vocab, args.head_scale)
     P, blk, rows = args.prompt_length, args.block_length, []
@@ -118,20 +121,24 @@ def bench_elastic(args, device, dtype):
                              "ms_full": full, "ms_elastic": comp, "speedup": full / comp})
         G, prompt = args.elastic_decode_length, x[0, :P]
         decode.generate(llada, prompt, gen_length=blk, block_length=blk, threshold=args.threshold, cache="dual")  # warm-up
-        for cache in (None, "dual"):
+        for cache in (None, "prefix", "dual"):
             kw = dict(gen_length=G, block_length=blk, threshold=args.threshold, cache=cache)
             full, sec_full = timed(lambda: decode.generate(llada, prompt, **kw), device)
             comp, sec_comp = timed(lambda: mask_compress.decode_elastic(llada, prompt, r=args.r, **kw), device)
             rows.append({"gen_length": G, "block": f"whole, {cache or 'no'} cache", "tokens_full": P + G,
-                         "tokens_kept": comp["active_max"], "nfe_full": full["nfe"],
+                         "tokens_kept": round(comp["active_mean"]), "nfe_full": full["nfe"],
                          "nfe_elastic": comp["nfe"], "ms_full": 1000 * sec_full, "ms_elastic": 1000 * sec_comp,
-                         "speedup": sec_full / sec_comp})
+                         "speedup": sec_full / sec_comp,
+                         "speedup_per_forward": (sec_full / full["nfe"]) / (sec_comp / comp["nfe"])})
     print(f"\n{'gen':>5} {'forward':22} {'tokens':>7} {'kept':>6} {'ms full':>9} {'ms elastic':>11} {'speedup':>8}"
-          f" {'nfe full/elastic':>17}")
-    for r in rows:  # whole generations: the random model's choices differ between layouts, hence the nfe
+          f" {'nfe full/elastic':>17} {'per forward':>12}")
+    # whole generations: "kept" is the active set's mean over blocks (cached columns included), and the random
+    # model's choices differ between layouts, hence the forward counts
+    for r in rows:
         nfe = f"{r['nfe_full']}/{r['nfe_elastic']}" if "nfe_full" in r else ""
+        per = f"{r['speedup_per_forward']:.2f}x" if "nfe_full" in r else ""
         print(f"{r['gen_length']:5d} {r['block']:22} {r['tokens_full']:7d} {r['tokens_kept']:6d} "
-              f"{r['ms_full']:9.1f} {r['ms_elastic']:11.1f} {r['speedup']:7.2f}x {nfe:>17}")
+              f"{r['ms_full']:9.1f} {r['ms_elastic']:11.1f} {r['speedup']:7.2f}x {nfe:>17} {per:>12}")
     return rows
 
 
@@ -238,7 +245,7 @@ if __name__ == "__main__":
                     help="elastic: comma-separated generation lengths")
     ap.add_argument("--r", type=int, default=4, help="elastic: [MASK] tokens kept per intermediate future block")
     ap.add_argument("--elastic-decode-length", type=int, default=1024,
-                    help="elastic: generation length of the whole-generation runs (threshold, no cache / dual cache)")
+                    help="elastic: generation length of the whole-generation runs (threshold; no cache, prefix and dual cache)")
     ap.add_argument("--repeats", type=int, default=3, help="elastic: timed forwards per measurement; rcd: timed runs of each decoder (median)")
     ap.add_argument("--rcd-batch", type=int, default=50, help="rcd: prompts per batch (eval.py's --batch-size 50)")
     ap.add_argument("--load-gb", type=float, default=1.0, help="checkpoint size for the load benchmark")
