@@ -6,6 +6,8 @@ Speed benchmarks: ratios measured in one run on one machine, never compared acro
   python bench.py load       peak memory of from_pretrained on a sharded ~1 GB checkpoint
   python bench.py rcd        RCD's per-forward overhead over plain decoding (embedded models; random models
                              with LLaDA-8B's / SDAR-8B's vocabulary-to-parameters ratio)
+  python bench.py mrp        MRP speculative decoding vs static decoding, one problem at a time, embedded heads
+                             of 3 and 1 layers: seconds, forwards, identical outputs checked
   python bench.py elastic    Elastic-dLLM compression vs the full canvas at gen 1024 and 4096 (LLaDA format):
                              milliseconds per forward
 
@@ -142,6 +144,62 @@ def bench_elastic(args, device, dtype):
     return rows
 
 
+def bench_mrp(args, device, dtype):
+    """MRP speculative decoding's wall clock against static decoding (one token per backbone step, what it
+    must reproduce), one problem at a time: --mrp-problems test problems of the built-in task, gen 56 in
+    blocks of 32, for each embedded head (models/tiny-sdar-mrp: 3 layers, the released heads' depth;
+    models/tiny-sdar-mrp-1lyr: 1 layer, the released heads' share of their backbone: 3 of 28-36 layers is
+    8-11 % of a forward, 1 of tiny-sdar's 6 is 17 %; both heads sit on the same frozen tiny-sdar) and K = 1,
+    2, 3 drafts per cycle. A cycle costs one backbone forward carrying K + 1 copies of the block plus K
+    chained head passes. This CPU's speed drifts by tens of percent within minutes, so the runs interleave
+    problem by problem (every decoder on problem 1, then on problem 2, ...; the order rotates), and each
+    decoder's total over the problems is taken --repeats times; medians. Every speculative output must
+    equal the static one token for token (checked)."""
+    import mrp
+    import tasks
+    import tokenizer as T
+    here = os.path.dirname(os.path.abspath(__file__))
+    folders = [os.path.join(here, "models", n) for n in ("tiny-sdar-mrp", "tiny-sdar-mrp-1lyr")]
+    tok = T.load_tokenizer(folders[0])
+    prompts = [torch.tensor([tok.encode(tok.apply_chat_template(tasks.prompt_messages("tiny", r)))], device=device)
+               for r in tasks.tiny_records("test", n=args.mrp_problems)]
+    backbone, head = mrp.load_mrp(folders[0], device, dtype)
+    heads = {os.path.basename(folders[0]): head,
+             os.path.basename(folders[1]): mrp.load_head(folders[1], backbone.config, device, dtype)}
+    kw = dict(gen_length=56, block_length=32)
+    runs = {("tiny-sdar", "static"): lambda p: decode.block_generate(backbone, p, denoising_steps=32, **kw)}
+    for name, h in heads.items():
+        for K in (1, 2, 3):
+            runs[(name, f"spec K={K}")] = (lambda h, K: lambda p: mrp.decode_mrp(backbone, p, mrp=h, mode="spec",
+                                                                               mrp_steps=K, **kw))(h, K)
+    names = list(runs)
+    with torch.no_grad():
+        reference = [runs[names[0]](p)[0] for p in prompts]
+        nfe = {}
+        for name, fn in runs.items():  # warm-up, the lossless check and the forward counts
+            outs = [fn(p) for p in prompts]
+            if any(not torch.equal(x, ref) for (x, _), ref in zip(outs, reference)):
+                raise SystemExit(f"bench.py mrp: {name} differs from static decoding")
+            nfe[name] = sum(st["nfe"] for _, st in outs) / len(prompts)
+        totals = {name: [] for name in names}
+        for _ in range(args.repeats):
+            sec = dict.fromkeys(names, 0.0)
+            for i, p in enumerate(prompts):
+                for name in names[i % len(names):] + names[:i % len(names)]:
+                    sec[name] += timed(lambda: runs[name](p), device)[1]
+            for name in names:
+                totals[name].append(sec[name])
+    med = {name: sorted(t)[len(t) // 2] for name, t in totals.items()}
+    base = med[names[0]]
+    rows = [{"head": name[0], "layers": len(heads[name[0]].layers) if name[0] in heads else 0, "run": name[1],
+             "forwards_per_answer": nfe[name], "seconds": med[name], "speedup": base / med[name]} for name in names]
+    print(f"\n{'head':20} {'layers':>6} {'run':10} {'forwards/answer':>16} {'seconds':>8} {'speed-up':>9}")
+    for r in rows:
+        print(f"{r['head']:20} {r['layers'] or '-':>6} {r['run']:10} {r['forwards_per_answer']:16.1f} {r['seconds']:8.2f}"
+              f" {r['speedup']:8.2f}x")
+    return rows
+
+
 def bench_rcd(args, device, dtype):
     """RCD's per-step overhead: seconds per forward of RCD decoding (cold start, so it makes exactly the
     forwards plain decoding makes) over plain decoding, same model, same prompts, same fixed schedule.
@@ -228,7 +286,7 @@ def bench_load(args, device, dtype):
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["decode", "load", "elastic", "rcd"], help="which benchmark")
+    ap.add_argument("what", choices=["decode", "load", "elastic", "rcd", "mrp"], help="which benchmark")
     ap.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
     ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                     help="default: bfloat16 on CUDA, float32 on CPU")
@@ -248,16 +306,18 @@ if __name__ == "__main__":
                     help="elastic: generation length of the whole-generation runs (threshold; no cache, prefix and dual cache)")
     ap.add_argument("--repeats", type=int, default=3, help="elastic: timed forwards per measurement; rcd: timed runs of each decoder (median)")
     ap.add_argument("--rcd-batch", type=int, default=50, help="rcd: prompts per batch (eval.py's --batch-size 50)")
+    ap.add_argument("--mrp-problems", type=int, default=50, help="mrp: test problems decoded one at a time")
     ap.add_argument("--load-gb", type=float, default=1.0, help="checkpoint size for the load benchmark")
     args = ap.parse_args()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(f"device={device} ({name}) dtype={dtype} torch={torch.__version__}")
-    if min(args.repeats, args.rcd_batch, args.gen_length, args.block_length) < 1:
-        raise SystemExit("--repeats, --rcd-batch, --gen-length and --block-length must be >= 1")
+    if min(args.repeats, args.rcd_batch, args.mrp_problems, args.gen_length, args.block_length) < 1:
+        raise SystemExit("--repeats, --rcd-batch, --mrp-problems, --gen-length and --block-length must be >= 1")
     try:
-        rows = {"decode": bench_decode, "load": bench_load, "elastic": bench_elastic, "rcd": bench_rcd}[args.what](args, device, dtype)
+        rows = {"decode": bench_decode, "load": bench_load, "elastic": bench_elastic, "rcd": bench_rcd,
+                "mrp": bench_mrp}[args.what](args, device, dtype)
     except ValueError as e:  # a decoder refusing the lengths / steps given: one line
         raise SystemExit(f"bench.py {args.what}: {e}") from None
     print(json.dumps({"bench": args.what, "device": name, "dtype": str(dtype), "command": " ".join(sys.argv), "rows": rows}))

@@ -270,3 +270,23 @@ def test_train_init_goes_on_from_a_trained_head(tmp_path, monkeypatch):
                                                                              str(tmp_path / "out")))
     for a, b in zip(before.parameters(), after.parameters()):
         assert torch.equal(a, b)  # both bf16 on disk: the step moved nothing a bf16 weight can hold
+
+
+@pytest.mark.parametrize("name,layers", [("tiny-sdar-mrp", 3), ("tiny-sdar-mrp-1lyr", 1), ("tiny-sdar-mrp-remask", 3)])
+def test_committed_heads_are_lossless_on_the_builtin_task(name, layers):
+    """Every embedded MRP head (bench.py mrp times the first two) reproduces static decoding token for token on
+    test problems of the built-in task, one at a time and batched, with fewer backbone forwards."""
+    import tasks
+    from conftest import ROOT
+    from tokenizer import load_tokenizer
+    folder = os.path.join(ROOT, "models", name)
+    backbone, mrp = R.load_mrp(folder, "cpu", torch.float32)
+    assert len(mrp.layers) == layers
+    tok = load_tokenizer(folder)
+    prompts = [torch.tensor(tok.encode(tok.apply_chat_template(tasks.prompt_messages("tiny", r))))
+               for r in tasks.tiny_records("test", n=4)]
+    for batch in ([prompts[0]], prompts):
+        static, s0 = D.block_generate(backbone, batch, gen_length=56, block_length=32, denoising_steps=32)
+        spec, s1 = R.decode_mrp(backbone, batch, mrp=mrp, mode="spec", gen_length=56, block_length=32, mrp_steps=3)
+        assert torch.equal(static, spec)
+        assert s1["nfe"] < s0["nfe"]
