@@ -43,9 +43,15 @@ EMBEDDED = {"tiny-llada": "python train.py --family llada --out models/tiny-llad
             "tiny-sdar-mrp": "python mrp.py train --backbone models/tiny-sdar --out models/tiny-sdar-mrp",
             "tiny-sdar-mrp-remask": "python mrp.py train --backbone models/tiny-sdar --reveals 1,2,3,4,6,8,12,16 "
                                     "--reveal-from backbone --steps 3000 --out models/tiny-sdar-mrp-remask",
+            "tiny-sdar-mrp-1lyr": "python mrp.py train --backbone models/tiny-sdar --layers 1 --out models/tiny-sdar-mrp-1lyr",
             "tiny-llada-seqd": "python train_residual.py seqd --base models/tiny-llada --out models/tiny-llada-seqd",
             "tiny-llada-rcd": "python train_residual.py rcd --base models/tiny-llada --reference models/tiny-llada "
                               "--out models/tiny-llada-rcd"}
+EMBEDDED["tiny-sdar-mrp-remask-long"] = (  # the remasking head trained on: 3,000 + 2,500 + 3,000 steps
+    EMBEDDED["tiny-sdar-mrp-remask"] + ", then python mrp.py train --init models/tiny-sdar-mrp-remask --seed 1 "
+    "--reveals 1,2,3,4,6,8,12,16 --reveal-from backbone --steps 2500 --out runs/tiny-sdar-mrp-remask-cont, then "
+    "python mrp.py train --init runs/tiny-sdar-mrp-remask-cont --seed 2 --reveals 1,2,3,4,6,8,12,16 "
+    "--reveal-from backbone --steps 3000 --out models/tiny-sdar-mrp-remask-long")
 GEN_LENGTH = {"tiny": 56, "gsm8k": 256, "math500": 512, "aime24": 1024, "aime25": 1024, "humaneval": 512, "mbpp": 512}
 
 # -----------------------------------------------------------------------------
@@ -137,7 +143,8 @@ DEFAULTS = {"rcd": dict(model=os.path.join(HERE, "models", "tiny-llada-rcd"), th
                         block_length=56),
             "mrp-direct": dict(model=os.path.join(HERE, "models", "tiny-sdar-mrp")),
             "mrp-spec": dict(model=os.path.join(HERE, "models", "tiny-sdar-mrp")),
-            "mrp-remask": dict(model=os.path.join(HERE, "models", "tiny-sdar-mrp"), thresholds="0.3,0.5,0.7,0.9")}
+            "mrp-remask": dict(model=os.path.join(HERE, "models", "tiny-sdar-mrp-remask-long"),
+                               thresholds="0.3,0.5,0.7,0.9")}
 
 
 def load(path, method, args, device, dtype):

@@ -272,7 +272,8 @@ def test_train_init_goes_on_from_a_trained_head(tmp_path, monkeypatch):
         assert torch.equal(a, b)  # both bf16 on disk: the step moved nothing a bf16 weight can hold
 
 
-@pytest.mark.parametrize("name,layers", [("tiny-sdar-mrp", 3), ("tiny-sdar-mrp-1lyr", 1), ("tiny-sdar-mrp-remask", 3)])
+@pytest.mark.parametrize("name,layers", [("tiny-sdar-mrp", 3), ("tiny-sdar-mrp-1lyr", 1), ("tiny-sdar-mrp-remask", 3),
+                                         ("tiny-sdar-mrp-remask-long", 3)])
 def test_committed_heads_are_lossless_on_the_builtin_task(name, layers):
     """Every embedded MRP head (bench.py mrp times the first two) reproduces static decoding token for token on
     test problems of the built-in task, one at a time and batched, with fewer backbone forwards."""
