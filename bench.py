@@ -163,9 +163,10 @@ def bench_mrp(args, device, dtype):
     tok = T.load_tokenizer(folders[0])
     prompts = [torch.tensor([tok.encode(tok.apply_chat_template(tasks.prompt_messages("tiny", r)))], device=device)
                for r in tasks.tiny_records("test", n=args.mrp_problems)]
-    backbone, head = mrp.load_mrp(folders[0], device, dtype)
-    heads = {os.path.basename(folders[0]): head,
-             os.path.basename(folders[1]): mrp.load_head(folders[1], backbone.config, device, dtype)}
+    (backbone, head), (other, head_1) = (mrp.load_mrp(f, device, dtype) for f in folders)
+    if any(not torch.equal(a, b) for a, b in zip(backbone.state_dict().values(), other.state_dict().values())):
+        raise SystemExit(f"bench.py mrp: {folders[0]} and {folders[1]} were trained on different backbones")
+    heads = {os.path.basename(folders[0]): head, os.path.basename(folders[1]): head_1}
     kw = dict(gen_length=56, block_length=32)
     runs = {("tiny-sdar", "static"): lambda p: decode.block_generate(backbone, p, denoising_steps=32, **kw)}
     for name, h in heads.items():
