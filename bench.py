@@ -55,6 +55,14 @@ def timed(fn, device):
     return stats, time.time() - t0
 
 
+def tiny_prompts(folder, n):
+    """Token ids of the built-in task's first n test problems, chat-formatted with `folder`'s tokenizer."""
+    import tasks
+    import tokenizer as T
+    tok = T.load_tokenizer(folder)
+    return [tok.encode(tok.apply_chat_template(tasks.prompt_messages("tiny", r))) for r in tasks.tiny_records("test", n=n)]
+
+
 def bench_decode(args, device, dtype):
     rows = []
     llada = random_model("llada", device, dtype, args.n_embd, args.n_layer, args.vocab, args.head_scale)
@@ -156,13 +164,9 @@ def bench_mrp(args, device, dtype):
     decoder's total over the problems is taken --repeats times; medians. Every speculative output must
     equal the static one token for token (checked)."""
     import mrp
-    import tasks
-    import tokenizer as T
     here = os.path.dirname(os.path.abspath(__file__))
     folders = [os.path.join(here, "models", n) for n in ("tiny-sdar-mrp", "tiny-sdar-mrp-1lyr")]
-    tok = T.load_tokenizer(folders[0])
-    prompts = [torch.tensor([tok.encode(tok.apply_chat_template(tasks.prompt_messages("tiny", r)))], device=device)
-               for r in tasks.tiny_records("test", n=args.mrp_problems)]
+    prompts = [torch.tensor([ids], device=device) for ids in tiny_prompts(folders[0], args.mrp_problems)]
     (backbone, head), (other, head_1) = (mrp.load_mrp(f, device, dtype) for f in folders)
     if any(not torch.equal(a, b) for a, b in zip(backbone.state_dict().values(), other.state_dict().values())):
         raise SystemExit(f"bench.py mrp: {folders[0]} and {folders[1]} were trained on different backbones")
@@ -215,16 +219,12 @@ def bench_rcd(args, device, dtype):
     --repeats times; medians. Also printed: the mean residual weight alpha over the masked positions RCD
     computed, and the share above 0.1 (how much RCD can change at all: alpha = 0 is plain decoding)."""
     import residual
-    import tasks
-    import tokenizer as T
     runs, here = [], os.path.dirname(os.path.abspath(__file__))
     for family, kw in (("llada", dict(gen_length=56, block_length=56, steps=14)),
                        ("sdar", dict(gen_length=56, block_length=32, steps=8))):
         folder = os.path.join(here, "models", f"tiny-{family}-rcd")
-        tok = T.load_tokenizer(folder)
-        prompts = [tok.encode(tok.apply_chat_template(tasks.prompt_messages("tiny", r)))
-                   for r in tasks.tiny_records("test", n=args.rcd_batch)]
-        runs.append((f"embedded tiny-{family}-rcd", M.from_pretrained(folder, device, dtype), prompts, kw))
+        runs.append((f"embedded tiny-{family}-rcd", M.from_pretrained(folder, device, dtype),
+                     tiny_prompts(folder, args.rcd_batch), kw))
     C, L = args.n_embd, args.n_layer
     for family, ratio, per_layer, kw in (
             ("llada", 0.0742, 13 * C * C, dict(gen_length=args.gen_length, block_length=args.block_length,
@@ -319,6 +319,6 @@ if __name__ == "__main__":
     try:
         rows = {"decode": bench_decode, "load": bench_load, "elastic": bench_elastic, "rcd": bench_rcd,
                 "mrp": bench_mrp}[args.what](args, device, dtype)
-    except ValueError as e:  # a decoder refusing the lengths / steps given: one line
+    except (ValueError, FileNotFoundError) as e:  # a decoder refusing the lengths / steps, a missing model: one line
         raise SystemExit(f"bench.py {args.what}: {e}") from None
     print(json.dumps({"bench": args.what, "device": name, "dtype": str(dtype), "command": " ".join(sys.argv), "rows": rows}))
