@@ -96,13 +96,20 @@ def bench_decode(args, device, dtype):
     return rows
 
 
+def caches_list(v):
+    """--elastic-caches: 'none,prefix,dual' -> [None, 'prefix', 'dual']."""
+    if any(c not in ("none", "prefix", "dual") for c in v.split(",")):
+        raise argparse.ArgumentTypeError(f"{v!r}: expected a comma-separated subset of none,prefix,dual")
+    return [None if c == "none" else c for c in v.split(",")]
+
+
 def bench_elastic(args, device, dtype):
     """Milliseconds per forward with and without Elastic-dLLM's compression, at each --elastic-lengths
     generation length: one forward over the whole canvas versus one over the columns `elastic_feed` keeps
     (prompt, history, current block, r masks per later block, terminal block, original positions), with the
     current block first and in the middle of the generation. Median of --repeats forwards each. Then whole
     generations at --elastic-decode-length with threshold decoding, without a cache and with Fast-dLLM's
-    prefix and dual caches, full canvas versus compressed: seconds per generation, and per forward (the
+    prefix and dual caches (--elastic-caches), full canvas versus compressed (--r, --window): seconds per generation, and per forward (the
     random model's choices differ between layouts, so the forward counts do too). A prefix cache feeds the
     current block and everything after it, which compression shortens; a dual cache refreshes with one
     forward over everything fed at each block's first step and then feeds the current block only, so
@@ -125,16 +132,17 @@ def bench_elastic(args, device, dtype):
             x[0, :P] = torch.randint(0, args.vocab - 2, (P,), generator=torch.Generator().manual_seed(1))
             full = ms(x, None)
             for where, lo in (("first block", P), ("middle block", P + (G // 2) // blk * blk)):
-                cols = mask_compress.elastic_feed(r=args.r)(x, lo, lo + blk, P).to(device)
+                cols = mask_compress.elastic_feed(r=args.r, window=args.window)(x, lo, lo + blk, P).to(device)
                 comp = ms(x[:, cols], cols[None])
                 rows.append({"gen_length": G, "block": where, "tokens_full": P + G, "tokens_kept": len(cols),
                              "ms_full": full, "ms_elastic": comp, "speedup": full / comp})
         G, prompt = args.elastic_decode_length, x[0, :P]
         decode.generate(llada, prompt, gen_length=blk, block_length=blk, threshold=args.threshold, cache="dual")  # warm-up
-        for cache in (None, "prefix", "dual"):
+        for cache in args.elastic_caches:
             kw = dict(gen_length=G, block_length=blk, threshold=args.threshold, cache=cache)
             full, sec_full = timed(lambda: decode.generate(llada, prompt, **kw), device)
-            comp, sec_comp = timed(lambda: mask_compress.decode_elastic(llada, prompt, r=args.r, **kw), device)
+            comp, sec_comp = timed(lambda: mask_compress.decode_elastic(llada, prompt, r=args.r, window=args.window, **kw),
+                                   device)
             rows.append({"gen_length": G, "block": f"whole, {cache or 'no'} cache", "tokens_full": P + G,
                          "tokens_kept": round(comp["active_mean"]), "nfe_full": full["nfe"],
                          "nfe_elastic": comp["nfe"], "ms_full": 1000 * sec_full, "ms_elastic": 1000 * sec_comp,
@@ -303,6 +311,10 @@ if __name__ == "__main__":
     ap.add_argument("--elastic-lengths", type=lambda v: [int(x) for x in v.split(",")], default=[1024, 4096],
                     help="elastic: comma-separated generation lengths")
     ap.add_argument("--r", type=int, default=4, help="elastic: [MASK] tokens kept per intermediate future block")
+    ap.add_argument("--window", type=int, default=0,
+                    help="elastic: masks right after the current block kept in full (mask_compress.elastic_feed; 0 = the paper)")
+    ap.add_argument("--elastic-caches", type=caches_list,
+                    default=[None, "prefix", "dual"], help="elastic: whole-generation runs, comma-separated none,prefix,dual")
     ap.add_argument("--elastic-decode-length", type=int, default=1024,
                     help="elastic: generation length of the whole-generation runs (threshold; no cache, prefix and dual cache)")
     ap.add_argument("--repeats", type=int, default=3, help="elastic: timed forwards per measurement; rcd: timed runs of each decoder (median)")

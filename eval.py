@@ -115,7 +115,8 @@ def decode_elastic(model, prompts, s):
     import mask_compress
     return mask_compress.decode_elastic(model, prompts, gen_length=s["gen_length"], block_length=s["block_length"],
                                         steps=s["steps"], threshold=s["threshold"], r=s["r"], cache=s["cache"],
-                                        budget=s["budget"], positions=s["positions"], temperature=s["temperature"])
+                                        budget=s["budget"], positions=s["positions"], temperature=s["temperature"],
+                                        sampler=s["sampler"], terminal=s["terminal"], window=s["window"])
 
 
 METHODS = {
@@ -132,6 +133,8 @@ METHODS = {
 # The knobs a method reads beyond the common ones (a logged sample is tied to their values, see fingerprint).
 METHOD_KNOBS = {"rcd": ("t_res", "rcd_init"), "mrp-direct": ("mrp_steps",), "mrp-spec": ("mrp_steps",),
                 "mrp-remask": ("mrp_steps", "remask", "delta"), "elastic": ("r", "budget", "positions")}
+# Elastic's layout knobs added later, with the paper's values: in a sample's fingerprint only when changed.
+ELASTIC_LAYOUT = {"sampler": "stride", "terminal": True, "window": 0}
 # A research method is reported next to the plain decoder it improves on, at the same settings: which one,
 # on which checkpoint by default ("same": the method's own), and the defaults of `python eval.py --method X`.
 COUNTERPART = {"rcd": ("threshold", os.path.join(HERE, "models", "tiny-llada-seqd")),
@@ -187,6 +190,8 @@ def fingerprint(folders, s, args, dtype):
     knobs = {k: s[k] for k in used}
     if s["method"] == "rcd" and s["rcd_init"] == "dirichlet":  # only where used: other logs stay valid
         knobs["concentration"] = s["concentration"]
+    if s["method"] == "elastic":  # likewise only where not the paper's layout
+        knobs.update({k: s[k] for k, v in ELASTIC_LAYOUT.items() if s.get(k, v) != v})
     h.update(json.dumps([knobs, str(dtype), args.seed, args.task], sort_keys=True).encode())
     return h.hexdigest()
 
@@ -301,6 +306,13 @@ def main():
                          "MRP head or by the backbone, see mrp.py)")
     ap.add_argument("--delta", type=float, default=2.0, help="mrp-remask code_delta: the |C| veto")
     ap.add_argument("--r", type=int, default=4, help="elastic: [MASK] tokens kept per intermediate future block")
+    ap.add_argument("--sampler", choices=["stride", "random"], default="stride",
+                    help="elastic (LLaDA): which r masks of a future block are kept, evenly spaced or at random (seeded)")
+    ap.add_argument("--no-terminal", dest="terminal", action="store_false",
+                    help="elastic (LLaDA): drop the terminal block like the other future blocks (an ablation)")
+    ap.add_argument("--window", type=int, default=0,
+                    help="elastic (LLaDA): also keep the first N masks after the current block in full (not in the "
+                         "paper, which is 0: a DPad-style near window, see README)")
     ap.add_argument("--budget", type=int, default=None, help="elastic (LLaDA): fold the context so a forward sees at "
                                                             "most this many tokens (generation past the model's maximum length)")
     ap.add_argument("--positions", choices=["original", "folded"], default="original",
@@ -357,7 +369,8 @@ def main():
         family, dtype = net.config.family, net.lm_head.weight.dtype
         base = dict(family=family, method=method, gen_length=args.gen_length or GEN_LENGTH[args.task],
                     temperature=args.temperature, cache=args.cache, t_res=args.t_res, remask=args.remask,
-                    delta=args.delta, r=args.r, budget=args.budget, positions=args.positions, rcd_init=args.rcd_init or ("reference" if args.reference else "zero"),
+                    delta=args.delta, r=args.r, budget=args.budget, positions=args.positions, sampler=args.sampler,
+                    terminal=args.terminal, window=args.window, rcd_init=args.rcd_init or ("reference" if args.reference else "zero"),
                     concentration=1.0 if args.concentration is None else args.concentration,
                     mrp_steps=args.mrp_steps if args.mrp_steps is not None else 3 if method == "mrp-spec" else 1,
                     block_length=args.block_length or (net.config.block_size if family == "sdar" else
@@ -410,7 +423,11 @@ def main():
         header = header or {"device": device_name, "dtype": str(dtype).replace("torch.", ""), "family": family,
                             "batch_size": args.batch_size, "gen_length": base["gen_length"],
                             "block_length": base["block_length"], "metric": tasks.BENCHMARKS[args.task]["metric"],
-                            "data_sha256": info["sha256"], "world_size": world, "command": " ".join(sys.argv)}
+                            "data_sha256": info["sha256"], "world_size": world, "command": " ".join(sys.argv),
+                            "knobs": {}}
+        if method == args.method:  # the method's own knobs, printed with the results
+            header["knobs"] = {k: base[k] for k in (*METHOD_KNOBS.get(method, ()),
+                                                    *(ELASTIC_LAYOUT if method == "elastic" else ()))}
     if world > 1:
         dist.destroy_process_group()
         if rank != 0:
@@ -422,7 +439,8 @@ def main():
         print(f"{r['model'][:18]:18} {r['method']:12} {r['setting']:18} {r['n']:5d} {r['accuracy']:8.1f}% {r['nfe']:7.1f} "
               f"{r['tokens']:7.1f} {r['tokens_per_forward']:8.2f} {r['ms_per_forward']:7.1f} {r['seconds']:8.1f}")
     print(f"({header['metric']}; {header['family']} on {header['device']}, {header['dtype']}, batch {args.batch_size}, "
-          f"gen {header['gen_length']}, block {header['block_length']})")
+          f"gen {header['gen_length']}, block {header['block_length']}"
+          + "".join(f", {k} {v}" for k, v in header["knobs"].items()) + ")")
     for r in rows:
         if "alpha_mean" in r:
             print(f"{r['model']} {r['setting']}: mean residual weight alpha {r['alpha_mean']:.4f} (over the masked "

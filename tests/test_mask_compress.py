@@ -1,6 +1,6 @@
 """mask_compress.py: with r >= block_length nothing is dropped and Elastic-dLLM decoding equals plain
 decoding token for token (plain, threshold, prefix and dual cache); kept positions carry their original
-position ids; the terminal anchor sees only itself and is never decoded; folding keeps the active set
+position ids; a near window keeps the masks right after the block; the terminal anchor sees only itself and is never decoded; folding keeps the active set
 inside its budget while generating past the model's maximum length."""
 import pytest
 import torch
@@ -42,6 +42,18 @@ def test_random_sampler_is_seeded_and_without_terminal_block(llada):
     assert len(c) == 5 + 8 + 3 * 4  # the last block is sampled like the others
 
 
+def test_window_keeps_the_masks_right_after_the_block(llada):
+    x = torch.zeros(1, 45)  # prompt 0..4, blocks of 8 from 5; decoding block 5..12
+    plain = E.elastic_feed(r=2)(x, 5, 13, 5).tolist()
+    near = E.elastic_feed(r=2, window=10)(x, 5, 13, 5).tolist()
+    assert near == sorted(set(plain) | set(range(13, 23)))  # block 13..20 whole, 21..22 of the next, then as before
+    assert E.elastic_feed(r=2, window=100)(x, 5, 13, 5).tolist() == list(range(45))
+    assert E.elastic_feed(r=2, window=8)(x, 37, 45, 5).tolist() == list(range(45))  # nothing after the last block
+    kw = dict(gen_length=32, block_length=8, steps=32)  # a window over everything is plain decoding
+    assert torch.equal(E.decode_elastic(llada, torch.arange(1, 6), r=0, window=32, **kw)[0],
+                       D.generate(llada, torch.arange(1, 6), **kw)[0])
+
+
 def test_anchor_is_seen_but_sees_only_itself(sdar):
     anchor = E.TerminalAnchor([23], sdar.config.mask_token_id)
     m = anchor.mask(torch.arange(8, 12)[None], torch.ones(1, 4, dtype=torch.bool), None, 0, 4)
@@ -79,5 +91,10 @@ def test_folding_generates_past_the_maximum_within_the_budget(llada):
 def test_bad_arguments(llada, sdar):
     with pytest.raises(ValueError, match="sampler 'every'"):
         E.elastic_feed(sampler="every")
-    with pytest.raises(ValueError, match="context folding is for full-sequence"):  # not silently ignored
+    with pytest.raises(ValueError, match="compression and folding are for full-sequence"):  # not silently ignored
         E.decode_elastic(sdar, torch.arange(1, 7), gen_length=8, block_length=4, budget=64)
+    for bad in (dict(r=2), dict(window=4), dict(terminal=False), dict(sampler="random")):
+        with pytest.raises(ValueError, match="compression and folding are for full-sequence"):
+            E.decode_elastic(sdar, torch.arange(1, 7), gen_length=8, block_length=4, **bad)
+    with pytest.raises(ValueError, match="window -1"):
+        E.elastic_feed(window=-1)

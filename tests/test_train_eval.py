@@ -194,6 +194,20 @@ def test_dirichlet_concentration_is_part_of_the_rcd_setting_only():
     assert fp(method="threshold") == fp(method="threshold", concentration=0.5) == fp(method="threshold", rcd_init="zero")
 
 
+def test_elastic_layout_knobs_are_part_of_the_setting_only_when_changed():
+    """Logs of the paper's layout, written before --sampler / --no-terminal / --window existed, stay valid;
+    a run with any of them changed gets a setting of its own."""
+    import argparse
+    import eval as E
+    args = argparse.Namespace(seed=0, task="tiny")
+    s = dict(method="elastic", family="llada", gen_length=8, block_length=8, name="steps=8", temperature=0.0,
+             cache=None, r=4, budget=None, positions="original", sampler="stride", terminal=True, window=0)
+    fp = lambda **kw: E.fingerprint([], {**s, **kw}, args, torch.float32)
+    without = {k: v for k, v in s.items() if k not in E.ELASTIC_LAYOUT}
+    assert fp() == E.fingerprint([], without, args, torch.float32)  # as before the knobs existed
+    assert len({fp(), fp(window=16), fp(sampler="random"), fp(terminal=False), fp(r=2)}) == 5
+
+
 def test_eval_rcd_reports_its_residual_weight(trained, tmp_path):
     res = last_json(run("eval.py", "--model", str(trained / "llada"), "--method", "rcd", "--no-compare", "--limit", "2",
                         "--thresholds", "0.5", "--gen-length", "8", "--block-length", "8", "--samples", str(tmp_path / "r.jsonl")))
