@@ -61,6 +61,9 @@ GEN_LENGTH = {"tiny": 56, "gsm8k": 256, "math500": 512, "aime24": 1024, "aime25"
 
 def decode_baseline(model, prompts, s):
     """One token per step (or `steps` steps): LLaDA low-confidence remasking, SDAR's static rule."""
+    if s["threshold"] is not None:  # it would decode one token per step under a "threshold=" label
+        raise SystemExit("--method baseline decodes a fixed number of tokens per step: use --steps, or --method "
+                         "threshold for --thresholds")
     if model.config.family == "llada":
         return decode.generate(model, prompts, steps=s["steps"] or s["gen_length"], gen_length=s["gen_length"],
                                block_length=s["block_length"], temperature=s["temperature"], cache=s["cache"])
@@ -341,6 +344,8 @@ def main():
         raise SystemExit("--compare and --no-compare contradict each other: give one")
     if args.method in COUNTERPART and not args.no_compare:
         method, where = COUNTERPART[args.method]
+        if method == "baseline" and args.thresholds:  # the plain decoder at the same settings: threshold decoding
+            method = "threshold"
         target = args.compare or (where if args.model == defaults.get("model") else "same")
         runs.insert(0, (args.model if target == "same" else target, method))
     elif args.compare:

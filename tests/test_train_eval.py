@@ -150,6 +150,13 @@ def test_eval_compares_a_research_method_with_its_counterpart(trained, tmp_path)
     c = new["vs_counterpart"]  # paired over the same 3 problems: the difference of the accuracies
     assert c["n"] == 3 and abs(c["delta"] - (new["accuracy"] - base["accuracy"])) < 1e-9
     assert c["only_method"] - c["only_counterpart"] == round(3 * c["delta"] / 100) and c["ci95"] >= 0
+    # with --thresholds the plain counterpart decodes with the same threshold (not one token per step)
+    res = last_json(run("eval.py", "--model", str(trained / "llada"), "--method", "elastic", "--r", "1", "--limit", "2",
+                        "--gen-length", "16", "--thresholds", "0.5", "--samples", str(tmp_path / "t")))
+    assert [(r["method"], r["setting"]) for r in res["rows"]] == [("threshold", "threshold=0.5"), ("elastic", "threshold=0.5")]
+    out = run("eval.py", "--model", str(trained / "llada"), "--method", "baseline", "--thresholds", "0.5", "--limit", "1",
+              "--samples", str(tmp_path / "b"), check=False)
+    assert out.returncode != 0 and "use --steps, or --method threshold" in out.stderr
     out = run("eval.py", "--model", str(tmp_path / "missing"), "--method", "rcd", check=False)
     assert out.returncode != 0 and "no such folder" in out.stderr
     out = run("eval.py", "--method", "rcd", "--concentration", "2", check=False)  # would be silently unused
