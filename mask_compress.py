@@ -178,9 +178,12 @@ if __name__ == "__main__":
     net = model_lib.from_pretrained(args.model, args.device)
     tok = load_tokenizer(model_lib.resolve(args.model))
     ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": args.prompt}]))
-    x, stats = decode_elastic(net, ids, gen_length=args.gen_length, block_length=args.block_length,
-                              threshold=args.threshold, r=args.r, sampler=args.sampler, window=args.window, budget=args.budget,
-                              positions=args.positions)
+    try:
+        x, stats = decode_elastic(net, ids, gen_length=args.gen_length, block_length=args.block_length,
+                                  threshold=args.threshold, r=args.r, sampler=args.sampler, window=args.window,
+                                  budget=args.budget, positions=args.positions)
+    except ValueError as e:  # a refused setting (r, window, lengths, budget, an SDAR model's flags): one line
+        raise SystemExit(f"mask_compress.py: {e}") from None
     s, n = stats["gen_start"][0], stats["gen_tokens"][0]
     print(tok.decode(x[0, s:s + n].tolist()))
     print(json.dumps({k: v for k, v in stats.items() if not isinstance(v, list)}))

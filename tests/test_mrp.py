@@ -277,15 +277,12 @@ def test_train_init_goes_on_from_a_trained_head(tmp_path, monkeypatch):
 def test_committed_heads_are_lossless_on_the_builtin_task(name, layers):
     """Every embedded MRP head (bench.py mrp times the first two) reproduces static decoding token for token on
     test problems of the built-in task, one at a time and batched, with fewer backbone forwards."""
-    import tasks
+    from bench import tiny_prompts
     from conftest import ROOT
-    from tokenizer import load_tokenizer
     folder = os.path.join(ROOT, "models", name)
     backbone, mrp = R.load_mrp(folder, "cpu", torch.float32)
     assert len(mrp.layers) == layers
-    tok = load_tokenizer(folder)
-    prompts = [torch.tensor(tok.encode(tok.apply_chat_template(tasks.prompt_messages("tiny", r))))
-               for r in tasks.tiny_records("test", n=4)]
+    prompts = [torch.tensor(ids) for ids in tiny_prompts(folder, 4)]
     for batch in ([prompts[0]], prompts):
         static, s0 = D.block_generate(backbone, batch, gen_length=56, block_length=32, denoising_steps=32)
         spec, s1 = R.decode_mrp(backbone, batch, mrp=mrp, mode="spec", gen_length=56, block_length=32, mrp_steps=3)
