@@ -26,6 +26,28 @@ def test_entropy_weight_and_soft_token_match_the_equations():
     assert torch.allclose(R.soft_token(z, E, chunk=3), F.softmax(z, -1) @ E, atol=1e-6)
 
 
+def test_flushing_subnormal_probabilities_changes_no_fed_embedding(monkeypatch):
+    """residual._probs zeroes the probabilities below float32's smallest normal number (a CPU speed measure):
+    on peaky logits, one row whose runners-up are all subnormal, the Eq. 2 input is the same bit for bit."""
+    V, C = 300, 16
+    z = torch.randn(6, V) * 40
+    z[0] = -95.0
+    z[0, 7] = 0.0  # every other probability of row 0 is exp(-95) = 5e-42: subnormal, flushed
+    E, ids = torch.randn(V, C), torch.full((1, 6), V - 1)
+    exact = lambda logp: logp.exp()
+    p = F.softmax(z, -1)
+    subnormal = (p > 0) & (p < torch.finfo(torch.float32).tiny)
+    assert subnormal[0, 8:].all() and torch.equal(R._probs(F.log_softmax(z, -1)) == 0, (p == 0) | subnormal)
+
+    def fed():
+        alpha, delta = R.residual_terms(z, E)
+        return alpha, R.mix(E[ids], ids, V - 1, E[V - 1], alpha[None], delta[None])
+    alpha, mixed = fed()
+    monkeypatch.setattr(R, "_probs", exact)
+    alpha_exact, mixed_exact = fed()
+    assert (alpha - alpha_exact).abs().max() < 1e-30 and torch.equal(mixed, mixed_exact)
+
+
 def test_the_second_step_feeds_the_mix_of_eq_2(llada):
     """Call the hook twice on the same canvas and compare its input with Eq. 2 computed by hand."""
     mask_id = llada.config.mask_token_id
