@@ -245,9 +245,9 @@ def bench_rcd(args, device, dtype):
     --sdar-gen-length in blocks of 32 with its KV cache, both 2 tokens per step. Plain and RCD alternate
     --repeats times; medians of the times, and the overhead is the median of the back-to-back pairs' ratios.
     "RCD work" times RCD's own code directly: each run's time outside the model's forwards, RCD's less plain's,
-    over RCD's time inside them (median over the pairs), so it is the overhead without the machine's drift
-    and without any change in the forwards themselves (there is none: RCD feeds embeddings to the same
-    network). Also printed: the mean residual weight alpha over the masked positions RCD
+    over RCD's time inside them (median over the pairs): the overhead without the machine's drift, but also
+    without any slowdown of the forwards themselves (caches p @ E evicted, say), which the wall-clock ratio
+    includes; RCD's embedding lookup happens outside its forwards and counts as its own. Also printed: the mean residual weight alpha over the masked positions RCD
     computed, and the share above 0.1 (how much RCD can change at all: alpha = 0 is plain decoding)."""
     import residual
     runs, here = [], os.path.dirname(os.path.abspath(__file__))

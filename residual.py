@@ -42,7 +42,7 @@ _LOG_TINY = math.log(torch.finfo(torch.float32).tiny)  # about -87.3
 def _probs(logp):
     """exp(log p), with the probabilities below float32's smallest normal number (1.2e-38) written as exact
     zeros. A confident model puts most of V there, and subnormal operands make a CPU's matmul and
-    multiplies 10-25x slower (measured: 41 vs 1.8 ms for a (128 x 2,222) @ (2,222 x 384) product). What they
+    multiplies far slower (measured: 41 vs 1.8 ms for a (128 x 2,222) @ (2,222 x 384) product). What they
     would add to delta or H is below 1e-36 (a row whose runners-up are all subnormal gets alpha = 0 instead of
     about 1e-37), under float32's resolution of the embeddings Eq. 2 mixes, so the fed input is the same bit
     for bit (tested). GPUs have no such penalty and get the same numbers."""
@@ -141,7 +141,9 @@ class Residual:
         rows, cols = mask.nonzero(as_tuple=True)
         at = (rows, pos[rows, cols])
         alpha, self.delta[at] = residual_terms(z, self.model.embed_tokens.weight, self.t_res, self.alpha_scale)
-        self.alpha[at], self.seen[at] = alpha, True
+        self.alpha[at] = alpha
+        if self.init != "zero":  # only a warm or Dirichlet start reads which positions were predicted
+            self.seen[at] = True
         self.alpha_sum = self.alpha_sum.to(alpha.device) + torch.stack([alpha.sum(), (alpha > 0.1).sum().float()])
         self.alpha_n += alpha.numel()  # known on the host: no device sync on the decoding path
 
