@@ -11,7 +11,8 @@ Speed benchmarks: ratios measured in one run on one machine, never compared acro
   python bench.py elastic    Elastic-dLLM compression vs the full canvas at gen 1024 and 4096 (LLaDA format):
                              milliseconds per forward
 
-Models are random and mid-size (built here, nothing downloaded). A random model's predictions are
+Models are random and mid-size (built here, nothing downloaded), or with --size 8b LLaDA-8B's and SDAR-8B's
+exact shapes (random weights, 16 GB each in bf16: a GPU's benchmark). A random model's predictions are
 nearly uniform, so a confidence threshold would never fire; we scale its LM head so confidences spread
 over (0, 1) the way a trained model's do, which is what makes threshold decoding commit several tokens
 per step. Tokens/s counts every generated position (a random model has no EOS); time is wall clock with
@@ -31,18 +32,44 @@ import decode
 import model as M
 
 
-def random_model(family, device, dtype, n_embd, n_layer, vocab, head_scale, seed=0):
+def random_model(family, device, dtype, n_embd, n_layer, vocab, head_scale, seed=0, full=False):
+    """A random LLaDA- or SDAR-format model: mid-size (n_embd x n_layer, MLP 3 x n_embd, `vocab` tokens),
+    built and initialised on the CPU in fp32, or, with full=True, exactly LLaDA-8B's / SDAR-8B's shape
+    (model.PRESETS), built on the meta device and allocated once on `device` in `dtype`: an 8B model is
+    16 GB in bf16, and building it in fp32 first would need twice that."""
     torch.manual_seed(seed)
-    base = M.PRESETS["llada-8b" if family == "llada" else "sdar-8b"].__dict__
-    cfg = M.Config(**{**base, "vocab_size": vocab, "n_embd": n_embd, "n_layer": n_layer, "n_head": n_embd // 64,
-                      "n_kv_head": n_embd // 64 // (1 if family == "llada" else 4), "head_dim": 64,
-                      "intermediate_size": 3 * n_embd, "mask_token_id": vocab - 1, "eos_token_id": vocab - 2,
-                      "stop_ids": (vocab - 2,)})
-    net = M.Transformer(cfg)
+    base = M.PRESETS["llada-8b" if family == "llada" else "sdar-8b"]
+    if full:
+        with torch.device("meta"):
+            net = M.Transformer(base)
+        need = sum(p.numel() for p in net.parameters()) * torch.finfo(dtype).bits // 8
+        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else \
+            os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        if need > free:
+            raise SystemExit(f"bench.py --size 8b: the random {family} model needs {need / 1e9:.1f} GB in {dtype}, "
+                             f"and {device} has {free / 1e9:.1f} GB free")
+        net = net.to(dtype).to_empty(device=device)
+    else:
+        net = M.Transformer(M.Config(**{
+            **base.__dict__, "vocab_size": vocab, "n_embd": n_embd, "n_layer": n_layer, "n_head": n_embd // 64,
+            "n_kv_head": n_embd // 64 // (1 if family == "llada" else 4), "head_dim": 64, "intermediate_size": 3 * n_embd,
+            "mask_token_id": vocab - 1, "eos_token_id": vocab - 2, "stop_ids": (vocab - 2,)}))
     net.init_weights()
     with torch.no_grad():
         net.lm_head.weight.mul_(head_scale)  # peaky predictions, see the docstring
     return net.to(device=device, dtype=dtype).eval()
+
+
+def random_prompt(net, n, seed=1):
+    """(n,) random prompt ids below the model's mask and EOS ids (a prompt may not hold [MASK])."""
+    top = min(net.config.mask_token_id, net.config.eos_token_id)
+    return torch.randint(0, top, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+def random_models(args, device, dtype, families=("llada", "sdar")):
+    """The benchmarks' random models, one per family, at --size."""
+    return [random_model(f, device, dtype, args.n_embd, args.n_layer, args.vocab, args.head_scale, full=args.size == "8b")
+            for f in families]
 
 
 def timed(fn, device):
@@ -74,6 +101,21 @@ def timed_forwards(net, fn, device):
     return stats, seconds, inside[0]
 
 
+def kernel_seconds(fn):
+    """(stats, seconds) of fn's GPU kernels alone (torch.profiler's CUDA activity): the time the GPU spent
+    computing, without the gaps while Python launched the kernels. At batch 1 a forward here launches
+    about 2,100 kernels (SDAR-8B's shape, profiled on an H100), and the launching, not the GPU, sets the wall
+    clock."""
+    from torch.autograd import DeviceType
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        stats = fn()[1]
+        torch.cuda.synchronize()
+    # the raw kineto events: prof.events() builds Python objects for ~250,000 kernels, minutes on a slow host
+    ns = sum(e.duration_ns() for e in prof.profiler.kineto_results.events()
+             if e.device_type() == DeviceType.CUDA and not e.is_user_annotation())
+    return stats, ns / 1e9
+
+
 def tiny_prompts(folder, n):
     """Token ids of the built-in task's first n test problems, chat-formatted with `folder`'s tokenizer."""
     import tasks
@@ -84,8 +126,8 @@ def tiny_prompts(folder, n):
 
 def bench_decode(args, device, dtype):
     rows = []
-    llada = random_model("llada", device, dtype, args.n_embd, args.n_layer, args.vocab, args.head_scale)
-    prompt = torch.randint(0, args.vocab - 2, (args.prompt_length,), generator=torch.Generator().manual_seed(1))
+    llada, sdar = random_models(args, device, dtype)
+    prompt = random_prompt(llada, args.prompt_length)
     G, blk = args.gen_length, args.block_length
     decode.generate(llada, prompt, steps=blk, gen_length=blk, block_length=blk)  # warm-up (allocator, kernels)
     runs = {"vanilla (1 token/step)": dict(steps=G),
@@ -99,8 +141,7 @@ def bench_decode(args, device, dtype):
     base = rows[0]["tokens_per_s"]
     for r in rows:
         r["speedup"] = r["tokens_per_s"] / base
-    sdar = random_model("sdar", device, dtype, args.n_embd, args.n_layer, args.vocab, args.head_scale)
-    sdar_rows = []
+    prompt, sdar_rows = random_prompt(sdar, args.prompt_length), []
     for name, cache in (("no cache (recompute prefix)", False), ("KV cache", True)):
         stats, sec = timed(lambda: decode.block_generate(sdar, prompt, gen_length=args.sdar_gen_length, block_length=4,
                                                          denoising_steps=4, stop_ids=[], use_cache=cache), device)
@@ -135,7 +176,7 @@ def bench_elastic(args, device, dtype):
     compression shortens that forward and the keys every later step attends to. Whole generations at 4,096
     tokens take too long on a CPU."""
     import mask_compress
-    llada = random_model("llada", device, dtype, args.n_embd, args.n_layer, args.vocab, args.head_scale)
+    llada, = random_models(args, device, dtype, ("llada",))
     P, blk, rows = args.prompt_length, args.block_length, []
 
     def ms(ids, pos):
@@ -148,7 +189,7 @@ def bench_elastic(args, device, dtype):
     with torch.no_grad():
         for G in args.elastic_lengths:
             x = torch.full((1, P + G), llada.config.mask_token_id, device=device)
-            x[0, :P] = torch.randint(0, args.vocab - 2, (P,), generator=torch.Generator().manual_seed(1))
+            x[0, :P] = random_prompt(llada, P)
             full = ms(x, None)
             for where, lo in (("first block", P), ("middle block", P + (G // 2) // blk * blk)):
                 cols = mask_compress.elastic_feed(r=args.r, window=args.window)(x, lo, lo + blk, P).to(device)
@@ -247,8 +288,11 @@ def bench_rcd(args, device, dtype):
     "RCD work" times RCD's own code directly: each run's time outside the model's forwards, RCD's less plain's,
     over RCD's time inside them (median over the pairs): the overhead without the machine's drift, but also
     without any slowdown of the forwards themselves (caches p @ E evicted, say), which the wall-clock ratio
-    includes; RCD's embedding lookup happens outside its forwards and counts as its own. Also printed: the mean residual weight alpha over the masked positions RCD
-    computed, and the share above 0.1 (how much RCD can change at all: alpha = 0 is plain decoding)."""
+    includes; RCD's embedding lookup happens outside its forwards and counts as its own. On a GPU, "GPU
+    kernels" is the ratio of the kernels' own time (one profiled run of each, kernel_seconds), less one:
+    what RCD costs a forward whose kernels are not waiting on Python to launch them. Also printed: the mean residual weight alpha over the masked positions RCD
+    computed, and the share above 0.1 (how much RCD can change at all: alpha = 0 is plain decoding).
+    With --size 8b the random models are LLaDA-8B and SDAR-8B themselves (random weights, real shapes)."""
     import residual
     runs, here = [], os.path.dirname(os.path.abspath(__file__))
     for family, kw in (("llada", dict(gen_length=56, block_length=56, steps=14)),
@@ -263,9 +307,9 @@ def bench_rcd(args, device, dtype):
             ("sdar", 0.0895, 11.5 * C * C, dict(gen_length=args.sdar_gen_length, block_length=32, steps=16,
                                                  stop_ids=[]))):  # a random model never stops
         vocab = round(ratio * L * per_layer / C)  # random_model: MLP width 3C; SDAR with 4x fewer KV heads
-        net = random_model(family, device, dtype, C, L, vocab, args.head_scale)
-        prompt = torch.randint(0, vocab - 2, (1, args.prompt_length), generator=torch.Generator().manual_seed(1))
-        runs.append((f"random {family.upper()}-format, V={vocab}", net, prompt, kw))
+        net = random_model(family, device, dtype, C, L, vocab, args.head_scale, full=args.size == "8b")
+        name = f"random {family.upper()}-8B shape" if args.size == "8b" else f"random {family.upper()}-format, V={vocab}"
+        runs.append((name, net, random_prompt(net, args.prompt_length)[None], kw))
     rows = []
     with torch.no_grad():
         for name, net, p, kw in runs:
@@ -292,15 +336,20 @@ def bench_rcd(args, device, dtype):
             # the median of each back-to-back pair's ratio: a machine whose speed drifts between pairs (this
             # shared VM does, by tens of percent) moves both runs of a pair together
             paired = median([r / q for r, q in zip(sec["rcd"], sec["plain"])])
+            kernels = None
+            if device.type == "cuda":  # the same forwards, GPU kernel time only (see kernel_seconds)
+                kernels = kernel_seconds(rcd)[1] / kernel_seconds(plain)[1] - 1
             rows.append({"model": name, "batch": len(p), "nfe": stats["nfe"], "ms_per_forward_plain": 1000 * med["plain"],
                          "ms_per_forward_rcd": 1000 * med["rcd"], "overhead": paired - 1, "rcd_work": median(own),
+                         "kernel_overhead": kernels,
                          "alpha_mean": alpha["alpha_mean"], "alpha_above_0.1": alpha["alpha_above_0.1"]})
     print(f"\n{'model':32} {'batch':>5} {'nfe':>4} {'ms/forward plain':>17} {'ms/forward RCD':>15} {'overhead':>9}"
-          f" {'RCD work':>9} {'mean alpha':>11} {'alpha > 0.1':>12}")
+          f" {'RCD work':>9} {'GPU kernels':>12} {'mean alpha':>11} {'alpha > 0.1':>12}")
     for r in rows:
+        kernels = "-" if r["kernel_overhead"] is None else f"{100 * r['kernel_overhead']:.1f}%"
         print(f"{r['model']:32} {r['batch']:5d} {r['nfe']:4d} {r['ms_per_forward_plain']:17.2f} "
               f"{r['ms_per_forward_rcd']:15.2f} {100 * r['overhead']:8.1f}% {100 * r['rcd_work']:8.1f}% "
-              f"{r['alpha_mean']:11.3f} {100 * r['alpha_above_0.1']:11.1f}%")
+              f"{kernels:>12} {r['alpha_mean']:11.3f} {100 * r['alpha_above_0.1']:11.1f}%")
     return rows
 
 
@@ -331,10 +380,15 @@ if __name__ == "__main__":
     ap.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
     ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                     help="default: bfloat16 on CUDA, float32 on CPU")
+    ap.add_argument("--size", choices=["mid", "8b"], default="mid",
+                    help="random models: mid = --n-embd x --n-layer (--vocab); 8b = LLaDA-8B's and SDAR-8B's exact "
+                         "shapes, random weights (16 GB each in bf16: a GPU)")
     ap.add_argument("--n-embd", type=int, default=384, help="hidden size of the random models")
     ap.add_argument("--n-layer", type=int, default=6, help="layers of the random models")
     ap.add_argument("--vocab", type=int, default=4096, help="vocabulary of the random models")
-    ap.add_argument("--head-scale", type=float, default=40.0, help="LM-head scale that makes predictions confident")
+    ap.add_argument("--head-scale", type=float, default=None,
+                    help="LM-head scale that makes predictions confident (default 40; 12 with --size 8b, the same "
+                         "logit spread at 4,096 hidden: 0.02 * sqrt(C) * scale)")
     ap.add_argument("--prompt-length", type=int, default=128, help="prompt tokens")
     ap.add_argument("--gen-length", type=int, default=256, help="LLaDA generation length")
     ap.add_argument("--block-length", type=int, default=32, help="LLaDA block length")
@@ -354,6 +408,8 @@ if __name__ == "__main__":
     ap.add_argument("--mrp-problems", type=int, default=50, help="mrp: test problems decoded one at a time")
     ap.add_argument("--load-gb", type=float, default=1.0, help="checkpoint size for the load benchmark")
     args = ap.parse_args()
+    if args.head_scale is None:
+        args.head_scale = 12.0 if args.size == "8b" else 40.0
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
