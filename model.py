@@ -77,7 +77,8 @@ def rms_norm(x, weight, eps, gain_fp32=False):
     # gain; SDAR's repo copy uses flash-attn's rms_norm_fn, which applies the gain in fp32 first.
     h = x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return (h * weight.float()).to(x.dtype) if gain_fp32 else weight * h.to(x.dtype)
+    # fp32 gain: fp32 * (bf16 or fp32) weight promotes the weight exactly, so no cast kernel is needed
+    return (h * weight).to(x.dtype) if gain_fp32 else weight * h.to(x.dtype)
 
 
 def rope_table(n, head_dim, theta):
@@ -90,7 +91,7 @@ def rope_table(n, head_dim, theta):
 
 
 def apply_rope(x, cos, sin, fp32):
-    # x: (B, H, T, D); cos/sin: (B, 1, T, D) in fp32
+    # x: (B, H, T, D); cos/sin: (B, 1, T, D) in fp32 (run_layers passes them in x's dtype when not fp32)
     dtype = x.dtype
     if fp32:
         x = x.float()                                    # LLaDA: rotate in fp32, cast back after
@@ -226,6 +227,8 @@ def run_layers(layers, rope, x, attention_mask=None, position_ids=None, cache=No
     if attn_mask is None:
         attn_mask = attention_rule(position_ids, k_pos, valid, block_size)
     cos, sin = rope(position_ids)
+    if not layers[0].self_attn.cfg.rope_fp32:  # Qwen3/SDAR rotate in the activation dtype: cast the tables once
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # per forward, not twice per layer (each cast is a kernel)
     for layer, layer_kv in zip(layers, kv):
         x = layer(x, cos, sin, attn_mask, layer_kv)
     return x
