@@ -5,7 +5,8 @@ Speed benchmarks: ratios measured in one run on one machine, never compared acro
                              and SDAR with its KV cache vs recomputing the prefix at gen 512
   python bench.py load       peak memory of from_pretrained on a sharded ~1 GB checkpoint
   python bench.py rcd        RCD's per-forward overhead over plain decoding (embedded models; random models
-                             with LLaDA-8B's / SDAR-8B's vocabulary-to-parameters ratio)
+                             with LLaDA-8B's / SDAR-8B's vocabulary-to-parameters ratio, or their exact
+                             shapes with --size 8b; on a GPU also in kernel time)
   python bench.py mrp        MRP speculative decoding vs static decoding, one problem at a time, embedded heads
                              of 3 and 1 layers: seconds, forwards, identical outputs checked
   python bench.py elastic    Elastic-dLLM compression vs the full canvas at gen 1024 and 4096 (LLaDA format):
@@ -16,7 +17,8 @@ exact shapes (random weights, 16 GB each in bf16: a GPU's benchmark). A random m
 nearly uniform, so a confidence threshold would never fire; we scale its LM head so confidences spread
 over (0, 1) the way a trained model's do, which is what makes threshold decoding commit several tokens
 per step. Tokens/s counts every generated position (a random model has no EOS); time is wall clock with
-the device synchronised, after one warm-up run. The last line printed is one JSON record.
+the device synchronised, after one warm-up run. The last line printed is one JSON record. On a GPU at
+batch 1 the wall clock is mostly Python launching kernels (README, "Results on a GPU").
 """
 import argparse
 import json
