@@ -98,7 +98,8 @@ def decode_rcd(model, prompts, s):
     """Residual Context Diffusion (residual.py) with the family's decoder and the threshold, if any."""
     import residual
     return residual.decode_rcd(model, prompts, gen_length=s["gen_length"], block_length=s["block_length"],
-                               steps=s["steps"], threshold=s["threshold"], t_res=s["t_res"], init=s["rcd_init"],
+                               steps=s["steps"], threshold=s["threshold"], t_res=s["t_res"],
+                               alpha_scale=s["alpha_scale"], init=s["rcd_init"],
                                reference=s.get("reference"), concentration=s["concentration"], cache=s["cache"],
                                temperature=s["temperature"])
 
@@ -193,6 +194,8 @@ def fingerprint(folders, s, args, dtype):
     knobs = {k: s[k] for k in used}
     if s["method"] == "rcd" and s["rcd_init"] == "dirichlet":  # only where used: other logs stay valid
         knobs["concentration"] = s["concentration"]
+    if s["method"] == "rcd" and s.get("alpha_scale", 1.0) != 1.0:  # likewise only where not the paper's
+        knobs["alpha_scale"] = s["alpha_scale"]
     if s["method"] == "elastic":  # likewise only where not the paper's layout
         knobs.update({k: s[k] for k, v in ELASTIC_LAYOUT.items() if s.get(k, v) != v})
     h.update(json.dumps([knobs, str(dtype), args.seed, args.task], sort_keys=True).encode())
@@ -297,6 +300,9 @@ def main():
     ap.add_argument("--cache", choices=["prefix", "dual"], default=None, help="Fast-dLLM cache for LLaDA methods")
     ap.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
     ap.add_argument("--t-res", type=float, default=1.0, help="rcd: entropy temperature T_res (tempers alpha only)")
+    ap.add_argument("--alpha-scale", type=float, default=1.0,
+                    help="rcd: alpha = clip(scale * H / log V, 0, 1) (1 = the paper); use the scale the model was "
+                         "trained with (train_residual.py --alpha-scale)")
     ap.add_argument("--rcd-init", choices=["zero", "reference", "self", "dirichlet"], default=None,
                     help="rcd: residual start (default: reference if --reference is given, else zero)")
     ap.add_argument("--concentration", type=float, default=None,
@@ -373,7 +379,8 @@ def main():
         tok = load_tokenizer(model_lib.resolve(path))
         family, dtype = net.config.family, net.lm_head.weight.dtype
         base = dict(family=family, method=method, gen_length=args.gen_length or GEN_LENGTH[args.task],
-                    temperature=args.temperature, cache=args.cache, t_res=args.t_res, remask=args.remask,
+                    temperature=args.temperature, cache=args.cache, t_res=args.t_res, alpha_scale=args.alpha_scale,
+                    remask=args.remask,
                     delta=args.delta, r=args.r, budget=args.budget, positions=args.positions, sampler=args.sampler,
                     terminal=args.terminal, window=args.window, rcd_init=args.rcd_init or ("reference" if args.reference else "zero"),
                     concentration=1.0 if args.concentration is None else args.concentration,
@@ -432,7 +439,8 @@ def main():
                             "knobs": {}}
         if method == args.method:  # the method's own knobs, printed with the results
             header["knobs"] = {k: base[k] for k in (*METHOD_KNOBS.get(method, ()),
-                                                    *(ELASTIC_LAYOUT if method == "elastic" else ()))}
+                                                    *(ELASTIC_LAYOUT if method == "elastic" else ()),
+                                                    *(("alpha_scale",) if method == "rcd" and base["alpha_scale"] != 1 else ()))}
     if world > 1:
         dist.destroy_process_group()
         if rank != 0:

@@ -15,7 +15,8 @@ reference  standard masked-diffusion fine-tuning (train.py's objective for the f
            usually smaller than the target but with the same tokenizer (and, for SDAR, block size).
 rcd        the target, all its parameters trained, where each masked input position gets Eq. 2's mix
            (1 - alpha) E[MASK] + alpha delta built from the *frozen reference's single forward on the same
-           noisy input* (same attention layout): alpha = H(p_ref) / log V (no temperature in training),
+           noisy input* (same attention layout): alpha = H(p_ref) / log V (no temperature in training; --alpha-scale
+           multiplies it before clipping to [0, 1], 1 = the paper),
            delta = p_ref @ E_target. Nothing is unrolled and no gradient reaches the reference; delta is
            detached (rcd.md ambiguity 9), E[MASK] and the hard embeddings still learn.
 seqd       the same fine-tuning as rcd without residuals: same initial weights, same batches in the same order,
@@ -39,12 +40,13 @@ import train
 from tokenizer import load_tokenizer
 
 
-def residual_input(reference, family, block_size, mask_id):
-    """Algorithm 1, lines 4-7, as a residual(x_t, ids, pad) -> embed_hook for train.loss_step."""
+def residual_input(reference, family, block_size, mask_id, alpha_scale=1.0):
+    """Algorithm 1, lines 4-7, as a residual(x_t, ids, pad) -> embed_hook for train.loss_step. alpha_scale
+    multiplies H / log V before clipping to [0, 1] (1 = the paper; the same flag as decoding's)."""
     def make(x_t, ids, pad):
         with torch.no_grad():  # the reference is frozen: forward only, on the very same noisy input
             z = train.noisy_logits(reference, family, x_t, ids, pad, block_size)[x_t == mask_id]
-            alpha = residual.entropy_weight(z)
+            alpha = residual.entropy_weight(z, alpha_scale=alpha_scale)
 
         def hook(x, input_ids, weight):
             masked = input_ids == mask_id  # SDAR's clean half has no masks, so this is the noisy half only
@@ -81,11 +83,16 @@ def main():
     train.add_loop_args(ap, steps=600, lr=5e-4, warmup=20, save_every=100, seed=1, eval_every=0)
     ap.add_argument("--length", type=int, default=None, help="as train.py: LLaDA answer tokens / SDAR total tokens")
     ap.add_argument("--block-size", type=int, default=None, help="SDAR training block size (default: the checkpoint's)")
+    ap.add_argument("--alpha-scale", type=float, default=1.0,
+                    help="rcd: residual weight alpha = clip(scale * H / log V, 0, 1); 1 = the paper. A model trained "
+                         "with another scale must be decoded with it (eval.py --alpha-scale)")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                     help="weights and optimizer state (bfloat16 halves memory for large models)")
     args = ap.parse_args()
     if (args.stage == "rcd") != (args.reference is not None):
         raise SystemExit("--reference is required for the rcd stage, and only for it")
+    if args.alpha_scale != 1.0 and (args.stage != "rcd" or not args.alpha_scale >= 0):
+        raise SystemExit(f"--alpha-scale {args.alpha_scale}: only for the rcd stage, and >= 0")
     rank, world, device = train.setup_distributed(args.device)
     dtype = getattr(torch, args.dtype)
     net = M.from_pretrained(args.base, device="cpu", dtype=dtype)
@@ -112,10 +119,10 @@ def main():
     decoder = None
     if args.stage == "rcd":  # measure the target as it will be used: with residuals (cold start)
         decoder = lambda net, prompts: residual.decode_rcd(net, prompts, gen_length=56, block_length=block_size if
-                                                           family == "sdar" else 8)
+                                                           family == "sdar" else 8, alpha_scale=args.alpha_scale)
     train.fit(model, cfg, tok, args, args.out, rank, world, device, args.length or (56 if family == "llada" else 96),
               block_size, f"{args.stage} {family}", sample=(lambda rng: rng.choice(pairs)) if pairs else tasks.tiny_problem,
-              residual=residual_input(ref, family, block_size, cfg.mask_token_id) if ref is not None else None,
+              residual=residual_input(ref, family, block_size, cfg.mask_token_id, args.alpha_scale) if ref is not None else None,
               decoder=decoder)
 
 

@@ -168,3 +168,30 @@ def test_dirichlet_start_costs_no_forward_and_is_seeded(llada, sdar):
     assert draws == [2, 4, 4, 4]  # the prompt's block holds 2 masks, then 3 whole blocks
     with pytest.raises(ValueError, match="concentration -1"):
         R.Residual(sdar, init="dirichlet", concentration=-1)
+
+
+def test_alpha_scale_scales_and_clips_alpha_in_decoding_and_in_training(llada):
+    """--alpha-scale (not the paper's, which is 1): alpha = clip(scale * H / log V, 0, 1), the same in the
+    training hook (train_residual.residual_input) as in decoding; bad values are refused."""
+    import train_residual
+    z = torch.randn(6, 96) * 3
+    for scale in (0.0, 3.0, 50.0):
+        assert torch.allclose(R.entropy_weight(z, alpha_scale=scale), (scale * R.entropy_weight(z)).clamp(0, 1), atol=1e-6)
+    with pytest.raises(ValueError, match="alpha_scale"):
+        R.Residual(llada, alpha_scale=-1.0)
+    with pytest.raises(ValueError, match="t_res"):
+        R.Residual(llada, t_res=0.0)
+    mask = llada.config.mask_token_id
+    ids = torch.randint(0, 90, (2, 12))
+    x_t = ids.clone()
+    x_t[:, 4:] = mask
+    pad = torch.zeros_like(ids, dtype=torch.bool)
+    E = llada.embed_tokens.weight
+    with torch.no_grad():
+        z = llada(x_t)[x_t == mask]
+        for scale in (1.0, 8.0):
+            hook = train_residual.residual_input(llada, "llada", None, mask, alpha_scale=scale)(x_t, ids, pad)
+            fed = hook(llada.embed_tokens(x_t), x_t, E)[x_t == mask]
+            alpha = (scale * R.entropy_weight(z)).clamp(0, 1)[:, None]
+            assert torch.allclose(fed, (1 - alpha) * E[mask] + alpha * R.soft_token(z, E), atol=1e-6)
+    assert alpha.max() == 1.0  # a scale of 8 clips this random model's uncertain positions

@@ -199,6 +199,9 @@ def test_dirichlet_concentration_is_part_of_the_rcd_setting_only():
     assert fp() != fp(concentration=0.5)
     assert fp(rcd_init="zero") == fp(rcd_init="zero", concentration=0.5)
     assert fp(method="threshold") == fp(method="threshold", concentration=0.5) == fp(method="threshold", rcd_init="zero")
+    # --alpha-scale likewise: in an rcd setting only when it is not the paper's 1
+    assert fp() == fp(alpha_scale=1.0) != fp(alpha_scale=10.0)
+    assert fp(method="threshold") == fp(method="threshold", alpha_scale=10.0)
 
 
 def test_elastic_layout_knobs_are_part_of_the_setting_only_when_changed():
