@@ -112,9 +112,12 @@ def kernel_seconds(fn):
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         stats = fn()[1]
         torch.cuda.synchronize()
+    raw = getattr(getattr(prof, "profiler", None), "kineto_results", None)
+    if raw is None:  # a private attribute (torch 2.11-2.13 have it): the public, slower route
+        return stats, sum(e.self_device_time_total for e in prof.events()
+                          if e.device_type == DeviceType.CUDA and not e.is_user_annotation) / 1e6
     # the raw kineto events: prof.events() builds Python objects for ~250,000 kernels, minutes on a slow host
-    ns = sum(e.duration_ns() for e in prof.profiler.kineto_results.events()
-             if e.device_type() == DeviceType.CUDA and not e.is_user_annotation())
+    ns = sum(e.duration_ns() for e in raw.events() if e.device_type() == DeviceType.CUDA and not e.is_user_annotation())
     return stats, ns / 1e9
 
 
@@ -292,8 +295,9 @@ def bench_rcd(args, device, dtype):
     without any slowdown of the forwards themselves (caches p @ E evicted, say), which the wall-clock ratio
     includes; RCD's embedding lookup happens outside its forwards and counts as its own. On a GPU, "GPU
     kernels" is the ratio of the kernels' own time (one profiled run of each, kernel_seconds), less one:
-    what RCD costs a forward whose kernels are not waiting on Python to launch them. Also printed: the mean residual weight alpha over the masked positions RCD
-    computed, and the share above 0.1 (how much RCD can change at all: alpha = 0 is plain decoding).
+    what RCD costs a forward whose kernels are not waiting on Python to launch them. Also printed: the mean
+    residual weight alpha over the masked positions RCD computed, and the share above 0.1 (how much RCD can
+    change at all: alpha = 0 is plain decoding).
     With --size 8b the random models are LLaDA-8B and SDAR-8B themselves (random weights, real shapes)."""
     import residual
     runs, here = [], os.path.dirname(os.path.abspath(__file__))

@@ -344,6 +344,10 @@ def main():
     if args.model == defaults.get("model"):
         args.block_length = args.block_length or defaults.get("block_length")
     runs = [(args.model, args.method)]
+    if not args.t_res > 0:
+        raise SystemExit(f"--t-res {args.t_res}: must be > 0")
+    if not args.alpha_scale >= 0:
+        raise SystemExit(f"--alpha-scale {args.alpha_scale}: must be >= 0")
     if args.concentration is not None and args.rcd_init != "dirichlet":
         raise SystemExit("--concentration is the Dirichlet start's parameter: give it with --rcd-init dirichlet")
     if args.compare and args.no_compare:

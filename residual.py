@@ -109,8 +109,10 @@ class Residual:
         if init not in ("zero", "reference", "self", "dirichlet") or (init == "reference") != (reference is not None):
             raise ValueError(f"init {init!r}: expected 'zero', 'self', 'dirichlet', or 'reference' together with a "
                              "reference model")
-        if not t_res > 0 or not alpha_scale >= 0:
-            raise ValueError(f"t_res {t_res} must be > 0 and alpha_scale {alpha_scale} >= 0")
+        if not t_res > 0:
+            raise ValueError(f"t_res {t_res}: must be > 0")
+        if not alpha_scale >= 0:
+            raise ValueError(f"alpha_scale {alpha_scale}: must be >= 0")
         if init == "dirichlet" and not concentration > 0:
             raise ValueError(f"Dirichlet concentration {concentration}: must be > 0")
         if reference is not None and reference.config.vocab_size != model.config.vocab_size:

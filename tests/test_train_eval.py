@@ -223,3 +223,13 @@ def test_eval_rcd_reports_its_residual_weight(trained, tmp_path):
                         "--thresholds", "0.5", "--gen-length", "8", "--block-length", "8", "--samples", str(tmp_path / "r.jsonl")))
     alphas = [json.loads(line)["alpha"] for line in open(tmp_path / "r.jsonl")]
     assert len(alphas) == 2 and 0 < res["rows"][0]["alpha_mean"] == sum(alphas) / 2 <= 1
+
+
+@pytest.mark.parametrize("flags, message", [(["eval.py", "--method", "rcd", "--alpha-scale", "-1"], "--alpha-scale -1.0: must be >= 0"),
+                                            (["eval.py", "--method", "rcd", "--t-res", "0"], "--t-res 0.0: must be > 0"),
+                                            (["train_residual.py", "seqd", "--base", "models/tiny-llada", "--alpha-scale", "2",
+                                              "--out", "unused"], "--alpha-scale 2.0: only for the rcd stage")])
+def test_residual_weight_flags_are_refused_in_one_line(flags, message):
+    out = run(*flags, check=False)
+    assert out.returncode != 0 and out.stderr.strip().splitlines()[-1].startswith(message)
+    assert "Traceback" not in out.stderr
