@@ -27,25 +27,30 @@ def test_entropy_weight_and_soft_token_match_the_equations():
 
 
 def test_flushing_subnormal_probabilities_changes_no_fed_embedding(monkeypatch):
-    """residual._probs zeroes the probabilities below float32's smallest normal number (a CPU speed measure):
-    on peaky logits, one row whose runners-up are all subnormal, the Eq. 2 input is the same bit for bit."""
+    """residual._log_probs flushes the probabilities below float32's smallest normal number to exact zeros (a
+    CPU speed measure): on peaky logits, one row whose runners-up are all subnormal, the Eq. 2 input is the
+    same bit for bit, and logits of -inf give an entropy of 0 log 0 = 0, not nan."""
     V, C = 300, 16
     z = torch.randn(6, V) * 40
     z[0] = -95.0
     z[0, 7] = 0.0  # every other probability of row 0 is exp(-95) = 5e-42: subnormal, flushed
     E, ids = torch.randn(V, C), torch.full((1, 6), V - 1)
-    exact = lambda logp: logp.exp()
+    exact = lambda z, t_res=1.0: F.log_softmax(z.float() / t_res, -1)
     p = F.softmax(z, -1)
     subnormal = (p > 0) & (p < torch.finfo(torch.float32).tiny)
-    assert subnormal[0, 8:].all() and torch.equal(R._probs(F.log_softmax(z, -1)) == 0, (p == 0) | subnormal)
+    assert subnormal[0, 8:].all() and torch.equal(R._log_probs(z).exp() == 0, (p == 0) | subnormal)
 
     def fed():
         alpha, delta = R.residual_terms(z, E)
         return alpha, R.mix(E[ids], ids, V - 1, E[V - 1], alpha[None], delta[None])
     alpha, mixed = fed()
-    monkeypatch.setattr(R, "_probs", exact)
+    with_inf = z.clone()
+    with_inf[1, ::2] = -torch.inf
+    alpha_inf = R.entropy_weight(with_inf)
+    monkeypatch.setattr(R, "_log_probs", exact)
     alpha_exact, mixed_exact = fed()
     assert (alpha - alpha_exact).abs().max() < 1e-30 and torch.equal(mixed, mixed_exact)
+    assert alpha_inf.isfinite().all() and torch.isnan(R.entropy_weight(with_inf)[1])  # the unflushed 0 * -inf
 
 
 def test_the_second_step_feeds_the_mix_of_eq_2(llada):
