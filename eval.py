@@ -100,7 +100,8 @@ def decode_rcd(model, prompts, s):
     return residual.decode_rcd(model, prompts, gen_length=s["gen_length"], block_length=s["block_length"],
                                steps=s["steps"], threshold=s["threshold"], t_res=s["t_res"],
                                alpha_scale=s["alpha_scale"], init=s["rcd_init"],
-                               reference=s.get("reference"), concentration=s["concentration"], cache=s["cache"],
+                               reference=s.get("reference"), concentration=s["concentration"],
+                               source=s["rcd_source"], cache=s["cache"],
                                temperature=s["temperature"])
 
 
@@ -196,6 +197,8 @@ def fingerprint(folders, s, args, dtype):
         knobs["concentration"] = s["concentration"]
     if s["method"] == "rcd" and s.get("alpha_scale", 1.0) != 1.0:  # likewise only where not the paper's
         knobs["alpha_scale"] = s["alpha_scale"]
+    if s["method"] == "rcd" and s.get("rcd_source", "self") != "self":
+        knobs["rcd_source"] = s["rcd_source"]
     if s["method"] == "elastic":  # likewise only where not the paper's layout
         knobs.update({k: s[k] for k, v in ELASTIC_LAYOUT.items() if s.get(k, v) != v})
     h.update(json.dumps([knobs, str(dtype), args.seed, args.task], sort_keys=True).encode())
@@ -308,6 +311,9 @@ def main():
     ap.add_argument("--concentration", type=float, default=None,
                     help="rcd --rcd-init dirichlet: the Dirichlet concentration c (not given in the paper; default 1)")
     ap.add_argument("--reference", default=None, help="rcd: reference checkpoint for the warm start")
+    ap.add_argument("--rcd-source", choices=["self", "reference"], default="self",
+                    help="rcd: what predicts each forward's residual: the previous forward (self, the paper) or, as "
+                         "in training, the --reference on the same input (a diagnostic: two forwards per step)")
     ap.add_argument("--mrp-steps", type=int, default=None, help="mrp: K (default 3 for spec, 1 for direct and remask)")
     from mrp import REMASK_RULES
     ap.add_argument("--remask", choices=REMASK_RULES, default="published",
@@ -348,6 +354,8 @@ def main():
         raise SystemExit(f"--t-res {args.t_res}: must be > 0")
     if not args.alpha_scale >= 0:
         raise SystemExit(f"--alpha-scale {args.alpha_scale}: must be >= 0")
+    if args.rcd_source == "reference" and not args.reference:
+        raise SystemExit("--rcd-source reference: give the reference model with --reference")
     if args.concentration is not None and args.rcd_init != "dirichlet":
         raise SystemExit("--concentration is the Dirichlet start's parameter: give it with --rcd-init dirichlet")
     if args.compare and args.no_compare:
@@ -387,7 +395,7 @@ def main():
                     remask=args.remask,
                     delta=args.delta, r=args.r, budget=args.budget, positions=args.positions, sampler=args.sampler,
                     terminal=args.terminal, window=args.window, rcd_init=args.rcd_init or ("reference" if args.reference else "zero"),
-                    concentration=1.0 if args.concentration is None else args.concentration,
+                    concentration=1.0 if args.concentration is None else args.concentration, rcd_source=args.rcd_source,
                     mrp_steps=args.mrp_steps if args.mrp_steps is not None else 3 if method == "mrp-spec" else 1,
                     block_length=args.block_length or (net.config.block_size if family == "sdar" else
                                                        8 if args.task == "tiny" else 32), **extras)
@@ -444,7 +452,8 @@ def main():
         if method == args.method:  # the method's own knobs, printed with the results
             header["knobs"] = {k: base[k] for k in (*METHOD_KNOBS.get(method, ()),
                                                     *(ELASTIC_LAYOUT if method == "elastic" else ()),
-                                                    *(("alpha_scale",) if method == "rcd" and base["alpha_scale"] != 1 else ()))}
+                                                    *(("alpha_scale",) if method == "rcd" and base["alpha_scale"] != 1 else ()),
+                                                    *(("rcd_source",) if method == "rcd" and base["rcd_source"] != "self" else ()))}
     if world > 1:
         dist.destroy_process_group()
         if rank != 0:

@@ -11,6 +11,10 @@ the next step. No new parameters: only the input embeddings of still-masked posi
                        warm = a reference model's first prediction (v2's LLaDA recipe), or the target's own
                        ("self", Table 5), computed with the target's E either way; or "dirichlet" (Table 5's
                        best row): p ~ Dir(c, ..., c) drawn per fresh position, no forward.
+  source (not the paper's, a diagnostic): "self" = the paper, each forward's prediction feeds the next one;
+                       "reference" = the residual of every forward comes from the reference's prediction on
+                       that very input, as in training (Algorithm 1): two forwards per step. It separates a
+                       target that cannot use residuals from one that cannot use its own (README).
 
 RCD plugs into decode.py as a `forward=` hook (class `Residual`): the decoders' loops, commit rules,
 schedules and caches are untouched. State lives per (sample, absolute position), so it follows whatever a
@@ -110,12 +114,16 @@ def mix(embeds, ids, mask_id, mask_embedding, alpha, delta):
 class Residual:
     """RCD's state and decode.py `forward=` hook. Holds alpha (B, N) and delta (B, N, C) per absolute position
     plus which positions have been predicted; `init` = "zero" (cold), "reference" or "self" (warm), or
-    "dirichlet" (a random draw with `concentration`)."""
+    "dirichlet" (a random draw with `concentration`); `source` = "self" (the paper) or "reference" (the
+    reference predicts every forward's residual from the same input, as in training; needs init "reference")."""
 
-    def __init__(self, model, t_res=1.0, alpha_scale=1.0, init="zero", reference=None, concentration=1.0):
+    def __init__(self, model, t_res=1.0, alpha_scale=1.0, init="zero", reference=None, concentration=1.0,
+                 source="self"):
         if init not in ("zero", "reference", "self", "dirichlet") or (init == "reference") != (reference is not None):
             raise ValueError(f"init {init!r}: expected 'zero', 'self', 'dirichlet', or 'reference' together with a "
                              "reference model")
+        if source not in ("self", "reference") or (source == "reference" and reference is None):
+            raise ValueError(f"source {source!r}: expected 'self', or 'reference' together with a reference model")
         if not t_res > 0:
             raise ValueError(f"t_res {t_res}: must be > 0")
         if not alpha_scale >= 0:
@@ -126,7 +134,7 @@ class Residual:
             raise ValueError(f"reference vocabulary {reference.config.vocab_size} != target {model.config.vocab_size}: "
                              "the residual mixes the reference's probabilities with the target's embeddings")
         self.model, self.t_res, self.alpha_scale, self.init, self.reference = model, t_res, alpha_scale, init, reference
-        self.concentration = concentration
+        self.concentration, self.source = concentration, source
         self.alpha = self.delta = self.seen = None
         self.ref_cache, self.stats = None, {"ref_forwards": 0, "self_forwards": 0}
         self.alpha_sum, self.alpha_n = torch.zeros(2), 0  # (sum of alpha, count > 0.1) on the device; positions
@@ -169,13 +177,12 @@ class Residual:
         if self.init != "zero":  # a cold start's fresh positions already hold alpha = 0: nothing to look up
             new = (ids == model.config.mask_token_id) & ~self.seen.gather(1, pos)
             fresh = bool(new.any())
-        if self.reference is not None and cache is not None and (fresh or not (ids == model.config.mask_token_id).any()):
+        if self.source == "reference":  # every forward's residual from the reference on this very input
+            self.update(self._reference(ids, call), ids, pos)
+        elif self.reference is not None and cache is not None and (fresh or not (ids == model.config.mask_token_id).any()):
             # the reference keeps its own KV cache in step with the target's: it sees every clean write
             # (prefill, store passes, block-start forwards) and every warm start
-            if self.ref_cache is None:
-                self.ref_cache = self.reference.new_cache(B, len(cache))
-            ref_logits = self.reference(ids, **{**call, "cache": self.ref_cache, "return_hidden": False})
-            self.stats["ref_forwards"] += 1
+            ref_logits = self._reference(ids, call)
             if fresh:
                 self.update(ref_logits, ids, pos)
         elif fresh and self.init == "dirichlet":
@@ -189,16 +196,25 @@ class Residual:
         embeds = mix(model.embed_tokens(ids), ids, model.config.mask_token_id, emb_w[model.config.mask_token_id],
                      self.alpha[rows, pos], self.delta[rows, pos])
         out = model(None, inputs_embeds=embeds, **call)
-        self.update(out[0] if isinstance(out, tuple) else out, ids, pos)
+        if self.source == "self":
+            self.update(out[0] if isinstance(out, tuple) else out, ids, pos)
         return out
+
+    def _reference(self, ids, call):
+        """The reference's logits for the fed ids, with its own KV cache beside the target's when there is one."""
+        if call["cache"] is not None and self.ref_cache is None:
+            self.ref_cache = self.reference.new_cache(ids.shape[0], len(call["cache"]))
+        self.stats["ref_forwards"] += 1
+        return self.reference(ids, **{**call, "cache": self.ref_cache if call["cache"] is not None else None,
+                                      "return_hidden": False})
 
 
 def decode_rcd(model, prompt, *, gen_length, block_length, steps=None, threshold=None, t_res=1.0, alpha_scale=1.0,
-               init="zero", reference=None, concentration=1.0, cache=None, **kw):
+               init="zero", reference=None, concentration=1.0, source="self", cache=None, **kw):
     """RCD decoding with the family's decoder: LLaDA's generate (threshold and caches included) or SDAR's
     block_generate (dynamic threshold included). Returns (x, stats) with `ref_forwards` / `self_forwards` and
     the residual weights computed at masked positions: `alpha_mean`, `alpha_above_0.1` (a fraction)."""
-    hook = Residual(model, t_res, alpha_scale, init, reference, concentration)
+    hook = Residual(model, t_res, alpha_scale, init, reference, concentration, source)
     if model.config.family == "llada":
         x, stats = decode.generate(model, prompt, steps=steps or gen_length, gen_length=gen_length,
                                    block_length=block_length, threshold=threshold, cache=cache, forward=hook, **kw)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import decode as D
 import model as M
 import residual as R
+from conftest import llada_official, write_checkpoint
 
 
 def test_entropy_weight_and_soft_token_match_the_equations():
@@ -73,6 +74,39 @@ def test_the_second_step_feeds_the_mix_of_eq_2(llada):
         alpha = R.entropy_weight(first[0, i], t_res=1.3)
         want[i] = (1 - alpha) * E[mask_id] + alpha * (F.softmax(first[0, i], -1) @ E)
     assert torch.allclose(seen[-1][0], want, atol=1e-6)
+
+
+def test_reference_source_feeds_the_references_prediction_on_the_same_input(llada, sdar, tmp_path):
+    """source="reference" (a diagnostic beyond the paper): each forward's residual is Eq. 2 of the reference's
+    prediction on that forward's own ids, as in training, not of the target's previous step; the reference
+    runs once per target forward, with a KV cache of its own beside SDAR's."""
+    mask_id = llada.config.mask_token_id
+    other = M.from_pretrained(write_checkpoint(str(tmp_path / "ref"), *llada_official(vocab=96, seed=1)), device="cpu")
+    ids = torch.tensor([[5, 6, 7, mask_id, mask_id, 9, mask_id]])
+    hook = R.Residual(llada, init="reference", reference=other, source="reference")
+    seen = []
+    spy = llada.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["inputs_embeds"]), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            hook(llada, ids)
+            ids2 = ids.clone()
+            ids2[0, 4] = 11  # a step commits a token: the next residual is the reference's on the new ids
+            hook(llada, ids2)
+            z = other(ids2)[0]
+    finally:
+        spy.remove()
+    E = llada.embed_tokens.weight
+    want = E[ids2[0]].clone()
+    for i in (3, 6):
+        alpha = R.entropy_weight(z[i])
+        want[i] = (1 - alpha) * E[mask_id] + alpha * (F.softmax(z[i], -1) @ E)
+    assert torch.allclose(seen[-1][0], want, atol=1e-6) and hook.stats["ref_forwards"] == 2
+    x, st = R.decode_rcd(sdar, torch.randint(0, 75, (6,)), gen_length=8, block_length=4, init="reference",
+                         reference=sdar, source="reference", stop_ids=[])
+    # every denoising forward, the prefill and a store pass per block (blocks at 4, 8 and 12 hold masks)
+    assert st["ref_forwards"] == st["nfe"] + 1 + 3
+    with pytest.raises(ValueError, match="source 'reference'"):
+        R.Residual(llada, source="reference")
 
 
 @pytest.mark.parametrize("kw", [dict(steps=16), dict(threshold=0.05), dict(cache="prefix", steps=16),
