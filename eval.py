@@ -354,6 +354,9 @@ def main():
         raise SystemExit(f"--t-res {args.t_res}: must be > 0")
     if not args.alpha_scale >= 0:
         raise SystemExit(f"--alpha-scale {args.alpha_scale}: must be >= 0")
+    if args.reference and args.rcd_init not in (None, "reference"):
+        raise SystemExit(f"--reference with --rcd-init {args.rcd_init}: the reference model is for --rcd-init reference "
+                         "(the default when --reference is given) and --rcd-source reference")
     if args.rcd_source == "reference" and not args.reference:
         raise SystemExit("--rcd-source reference: give the reference model with --reference")
     if args.concentration is not None and args.rcd_init != "dirichlet":

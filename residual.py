@@ -120,8 +120,8 @@ class Residual:
     def __init__(self, model, t_res=1.0, alpha_scale=1.0, init="zero", reference=None, concentration=1.0,
                  source="self"):
         if init not in ("zero", "reference", "self", "dirichlet") or (init == "reference") != (reference is not None):
-            raise ValueError(f"init {init!r}: expected 'zero', 'self', 'dirichlet', or 'reference' together with a "
-                             "reference model")
+            raise ValueError(f"init {init!r}{' with' if reference is not None else ' without'} a reference model: "
+                             "expected 'zero', 'self' or 'dirichlet' without one, or 'reference' with one")
         if source not in ("self", "reference") or (source == "reference" and reference is None):
             raise ValueError(f"source {source!r}: expected 'self', or 'reference' together with a reference model")
         if not t_res > 0:
@@ -174,7 +174,8 @@ class Residual:
         self._grow(B, int(pos.max()) + 1, emb_w.shape[1], ids.device)
         call = dict(position_ids=pos, cache=cache, cache_start=cache_start, kv_end=kv_end, **kw)
         fresh = False
-        if self.init != "zero":  # a cold start's fresh positions already hold alpha = 0: nothing to look up
+        if self.init != "zero" and self.source == "self":  # a cold start's fresh positions already hold alpha = 0,
+            # and a reference source predicts every position anew: nothing to look up
             new = (ids == model.config.mask_token_id) & ~self.seen.gather(1, pos)
             fresh = bool(new.any())
         if self.source == "reference":  # every forward's residual from the reference on this very input

@@ -229,6 +229,8 @@ def test_eval_rcd_reports_its_residual_weight(trained, tmp_path):
                                             (["eval.py", "--method", "rcd", "--t-res", "0"], "--t-res 0.0: must be > 0"),
                                             (["eval.py", "--method", "rcd", "--rcd-source", "reference"],
                                              "--rcd-source reference: give the reference model with --reference"),
+                                            (["eval.py", "--method", "rcd", "--reference", "models/tiny-llada", "--rcd-init", "zero"],
+                                             "--reference with --rcd-init zero: the reference model is for"),
                                             (["train_residual.py", "seqd", "--base", "models/tiny-llada", "--alpha-scale", "2",
                                               "--out", "unused"], "--alpha-scale 2.0: only for the rcd stage")])
 def test_residual_weight_flags_are_refused_in_one_line(flags, message):
