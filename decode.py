@@ -267,6 +267,9 @@ class BlockState:
     on_step: object = None
     stats: dict = field(default_factory=lambda: {"nfe": 0, "prefill_forwards": 0, "store_forwards": 0})
     nfe_rows: torch.Tensor = None
+    mask_id: int = None
+    stop_ids: torch.Tensor = None  # (S,) ids that end a sample
+    eos_early_stop: bool = False   # LLaDA2.0: end a sample mid-block (see eos_early_stop)
 
 
 def block_logits(st, lo, hi, return_hidden=False):
@@ -293,23 +296,36 @@ def block_confidence(st, logits, lo, hi, state=None):
     """x0 and confidence for block [lo, hi) (or for another `state` of it, as MRP's drafts need): -inf off
     the masks and for stopped samples."""
     state = st.x[:, lo:hi] if state is None else state
-    mask_index = (state == st.model.config.mask_token_id) & st.active[:, None]
+    mask_index = (state == st.mask_id) & st.active[:, None]
     x0, x0_p = sample_tokens(logits, st.temperature, st.top_k, st.top_p)
     if st.remasking == "sequential":  # leftmost masks first
         x0_p = -torch.arange(hi - lo, device=x0.device, dtype=torch.float).expand_as(x0_p)
     return torch.where(mask_index, x0, state), torch.where(mask_index, x0_p, -torch.inf)
 
 
+def eos_early_stop(st, x0, confidence, transfer):
+    """LLaDA2.0's `eos_early_stop`: (B,) samples that end now, mid-block, because this step committed a stop
+    id and no [MASK] is left before the first stop id of the sample. As the official code, the first stop id
+    is looked for from position 0: a prompt holding one ends the sample at the first stop id committed."""
+    committed = (transfer & confidence.isfinite() & torch.isin(x0, st.stop_ids)).any(1)  # finite: was a mask
+    is_stop = torch.isin(st.x, st.stop_ids) & st.valid
+    first = torch.where(is_stop.any(1), is_stop.int().argmax(1), st.x.shape[1])           # (B,)
+    before = torch.arange(st.x.shape[1], device=st.x.device) < first[:, None]
+    return committed & ~((st.x == st.mask_id) & st.valid & before).any(1)
+
+
 def denoise_block(st, lo, hi):
     """The official per-block loop: up to `steps` denoising forwards, each committing by the dynamic rule
     (static when threshold >= 1), then the store pass."""
     for quota in st.quota:
-        block_masks = ((st.x[:, lo:hi] == st.model.config.mask_token_id) & st.active[:, None]).any(1)
+        block_masks = ((st.x[:, lo:hi] == st.mask_id) & st.active[:, None]).any(1)
         if not block_masks.any():
             break
         x0, confidence = block_confidence(st, block_logits(st, lo, hi), lo, hi)
         transfer = commit_dynamic(confidence, st.threshold, quota)
         st.x[:, lo:hi] = torch.where(transfer, x0, st.x[:, lo:hi])
+        if st.eos_early_stop:
+            st.active &= ~eos_early_stop(st, x0, confidence, transfer)
         st.stats["nfe"] += 1
         st.nfe_rows += block_masks.cpu()
         if st.on_step:
@@ -320,18 +336,23 @@ def denoise_block(st, lo, hi):
 @torch.no_grad()
 def block_generate(model, prompt, gen_length=128, block_length=4, denoising_steps=4, threshold=1.0, temperature=0.0,
                    top_k=0, top_p=1.0, remasking="low_confidence", stop_ids=None, mask_id=None, use_cache=True,
-                   forward=model_forward, denoise=denoise_block, store=store_block, on_step=None, cache_spare=0):
+                   forward=model_forward, denoise=denoise_block, store=store_block, on_step=None,
+                   cache_spare=0, eos_early_stop=False):
     """SDAR block diffusion (the evaluation sampler behind the published numbers). Blocks of block_length are
     aligned to absolute position 0, so the whole-block part of the prompt is prefilled into the KV cache
     and the first decoded block may still hold the prompt's tail. Each block takes up to denoising_steps
     forwards; a sample stops after a block once a stop id appears in its generated region (later blocks
     stay [MASK]). Batches: each prompt keeps its own position 0 and is shifted right by whole blocks so
     that every sample's first decoding block is the same canvas block; padding is masked out.
-    cache_spare: extra KV-cache slots after the canvas (MRP's verification forward packs candidates there)."""
+    cache_spare: extra KV-cache slots after the canvas (MRP's verification forward packs candidates there).
+    LLaDA2.0 (its own `generate`): the same loop, with its steps capped at gen_length, and eos_early_stop=True
+    ends a sample as soon as a stop id is committed with no [MASK] before it (see eos_early_stop)."""
     t0, cfg = time.time(), model.config
     mask_id = cfg.mask_token_id if mask_id is None else mask_id
     stop_ids = set(cfg.stop_ids if stop_ids is None else stop_ids)
     L = block_length
+    if cfg.family == "llada2":  # `steps = min(steps, gen_length // minimal_topk)`, minimal_topk 1: 6 tokens
+        denoising_steps = min(denoising_steps, gen_length)  # in 8 steps are quotas 2,2,1,1,1,1, not 1 x 8
     if remasking not in ("low_confidence", "sequential"):
         raise ValueError(f"remasking {remasking!r}: expected 'low_confidence' (static/dynamic by threshold) or 'sequential'")
     if L <= 0 or gen_length <= 0 or not 0 < denoising_steps <= L:
@@ -352,7 +373,9 @@ def block_generate(model, prompt, gen_length=128, block_length=4, denoising_step
         x[r, :s], x[r, s:s + len(p)], x[r, end:], valid[r, s:end] = cfg.eos_token_id, p, cfg.eos_token_id, True
     st = BlockState(model, x, pos, valid, torch.ones(B, dtype=torch.bool, device=device), model.new_cache(B, T + cache_spare) if use_cache else None,
                     L, get_num_transfer_tokens(torch.ones(1, L), denoising_steps)[0].tolist(), threshold, temperature,
-                    top_k, top_p, remasking, forward, on_step, nfe_rows=torch.zeros(B, dtype=torch.long))
+                    top_k, top_p, remasking, forward, on_step, nfe_rows=torch.zeros(B, dtype=torch.long),
+                    mask_id=mask_id, stop_ids=torch.tensor(sorted(stop_ids), dtype=torch.long, device=device),
+                    eos_early_stop=eos_early_stop)
     if c0:
         store(st, 0, c0 * L)  # prefill the whole-block part of the prompt
     gen_start = [s + len(p) for s, p in zip(shift, rows)]

@@ -1,15 +1,18 @@
 """
-The transformer behind LLaDA and SDAR, written from scratch in one file, and a loader for their official
-safetensors checkpoints (a local folder or a Hugging Face repo id).
+The transformer behind LLaDA and SDAR (and LLaDA2.0, whose mixture of experts is in moe.py), written from
+scratch in one file, and a loader for their official safetensors checkpoints (a local folder or a Hugging
+Face repo id).
 
-Both families are a Llama-style pre-norm stack (RMSNorm -> attention -> RMSNorm -> SwiGLU MLP) used as a
-*mask predictor*: the logits at position i predict the token at position i (no shift). They differ in
-a handful of switches, which live in `Config`:
+All three are a Llama-style pre-norm stack (RMSNorm -> attention -> RMSNorm -> SwiGLU MLP, or in LLaDA2.0
+a mixture of SwiGLU experts) used as a *mask predictor*: the logits at position i predict the token at
+position i (no shift). They differ in a handful of switches, which live in `Config`:
 
   family  attention                                  layout                      numerics
   llada   bidirectional (+ key padding for batches)  MHA, no QK-norm, untied     q/k rotated in fp32
   sdar    block-causal, blocks aligned to pos 0      Qwen3: GQA, q/k RMSNorm      rotation in the activation
                                                      before RoPE, head_dim free   dtype; norm gain in fp32
+  llada2  block-causal, blocks aligned to pos 0      Ling-2.0: as sdar, RoPE on   as sdar, but the norm gain
+          (LLaDA2.0-mini, its MoE in moe.py)         half of each head, MoE MLPs  in the activation dtype
 
 Mirrors: LLaDA's `modeling_llada.py` (GSAI-ML/LLaDA-8B-Instruct; the Oct-2025 revision for
 `attention_mask`), JetAstra/SDAR `training/model/SDAR-4B-Chat/modeling_sdar.py` (Qwen3 + block-causal
@@ -39,7 +42,7 @@ import torch.nn.functional as F
 
 @dataclass
 class Config:
-    family: str = "llada"            # "llada" (bidirectional) or "sdar" (block-causal Qwen3 layout)
+    family: str = "llada"            # "llada" (bidirectional), "sdar" (block-causal Qwen3 layout), "llada2"
     vocab_size: int = 126464         # rows of the embedding matrix (the padded vocabulary)
     n_embd: int = 4096
     n_layer: int = 32
@@ -58,6 +61,24 @@ class Config:
     mask_token_id: int = 126336
     eos_token_id: int = 126081
     stop_ids: tuple = (126081, 126348)  # ids that end an answer (LLaDA: EOS, <|eot_id|>)
+    rope_dim: int | None = None      # LLaDA2.0: RoPE on the first rope_dim dims of each head only; None = all
+    moe: "MoEConfig | None" = None   # LLaDA2.0: its mixture-of-experts MLPs (moe.py); None = dense MLPs
+
+
+@dataclass
+class MoEConfig:
+    """LLaDA2.0's MLPs from layer `first_dense` on (moe.py): `n_experts` SwiGLU experts of width
+    `intermediate_size`, `top_k` per token chosen within the best `topk_group` of `n_group` expert groups,
+    plus `n_shared` always-on experts. Names in config.json: num_experts, num_experts_per_tok, n_group,
+    topk_group, routed_scaling_factor, moe_intermediate_size, num_shared_experts, first_k_dense_replace."""
+    n_experts: int = 256
+    top_k: int = 8
+    n_group: int = 8
+    topk_group: int = 4
+    routed_scaling_factor: float = 2.5
+    intermediate_size: int = 512
+    n_shared: int = 1
+    first_dense: int = 1
 
 
 SDAR = Config(family="sdar", vocab_size=151936, n_embd=4096, n_layer=36, n_head=32, n_kv_head=8, rope_theta=1e6,
@@ -66,6 +87,11 @@ SDAR = Config(family="sdar", vocab_size=151936, n_embd=4096, n_layer=36, n_head=
 PRESETS = {  # the real checkpoints' shapes (models.md 1.1, 2.1); handy for benchmarks and shrinking into tests
     "llada-8b": Config(), "sdar-8b": SDAR, "sdar-4b": replace(SDAR, n_embd=2560, intermediate_size=9728),
     "sdar-1.7b": replace(SDAR, n_embd=2048, n_layer=28, n_head=16, intermediate_size=6144),
+    # LLaDA2.0-mini (models.md 5): 16B parameters, 1.4B active; build it with moe.build, not Transformer
+    "llada2-mini": Config(family="llada2", vocab_size=157184, n_embd=2048, n_layer=20, n_head=16, n_kv_head=4,
+                          intermediate_size=5120, rope_theta=600000.0, max_seq_len=32768, norm_eps=1e-6,
+                          qk_norm=True, rope_fp32=False, block_size=32, mask_token_id=156895,
+                          eos_token_id=156892, stop_ids=(156892,), rope_dim=64, moe=MoEConfig()),
 }
 
 # -----------------------------------------------------------------------------
@@ -91,7 +117,10 @@ def rope_table(n, head_dim, theta):
 
 
 def apply_rope(x, cos, sin, fp32):
-    # x: (B, H, T, D); cos/sin: (B, 1, T, D) in fp32 (run_layers passes them in x's dtype when not fp32)
+    # x: (B, H, T, D); cos/sin: (B, 1, T, R) in fp32 (run_layers passes them in x's dtype when not fp32)
+    R = cos.shape[-1]
+    if R < x.shape[-1]:  # partial rotary (LLaDA2.0): only the first R dims of a head rotate (rotate-half)
+        return torch.cat([apply_rope(x[..., :R], cos, sin, fp32), x[..., R:]], dim=-1)
     dtype = x.dtype
     if fp32:
         x = x.float()                                    # LLaDA: rotate in fp32, cast back after
@@ -256,7 +285,9 @@ class Transformer(nn.Module):
         need = int(position_ids.max()) + 1
         if len(cos) < need or cos.device != position_ids.device:
             n = max(need, self.config.max_seq_len)
-            cos, sin = (t.to(position_ids.device) for t in rope_table(n, self.config.head_dim, self.config.rope_theta))
+            cfg = self.config
+            cos, sin = (t.to(position_ids.device) for t in
+                        rope_table(n, cfg.rope_dim or cfg.head_dim, cfg.rope_theta))
             self._rope = (cos, sin)
         return cos[position_ids][:, None], sin[position_ids][:, None]  # (B, 1, T, D)
 
@@ -332,7 +363,44 @@ def _config_from_hf(hf, where, stop_ids):
                       tie_embeddings=bool(hf.get("tie_word_embeddings", False)), qk_norm=True, rope_fp32=False,
                       norm_gain_fp32=True, block_size=hf.get("block_size", 4),
                       mask_token_id=hf.get("mask_token_id", 151669), eos_token_id=stop[0], stop_ids=stop)
-    raise ValueError(f"{where}: unknown model_type {kind!r} (expected 'llada' or 'sdar')")
+    if kind == "llada2_moe":
+        return llada2_config(hf, where, [s for s in stop if s is not None])
+    raise ValueError(f"{where}: unknown model_type {kind!r} (expected 'llada', 'sdar' or 'llada2_moe')")
+
+
+def llada2_config(hf, where, stop):
+    """LLaDA2.0's config.json. A missing field takes the official config class's default; the file names no
+    mask id (generate's default, 156895, unless the file has mask_token_id) and names its EOS only as
+    pad_token_id. No block size either: plain calls use the card's 32 (generation passes its own)."""
+    for key, want in (("rope_scaling", None), ("use_qkv_bias", False), ("score_function", "sigmoid")):
+        if hf.get(key, want) != want:
+            raise ValueError(f"{where}: LLaDA2.0 setting {key}={hf[key]!r} is not supported (need {want!r})")
+    d, nh = hf["hidden_size"], hf["num_attention_heads"]
+    hd = hf.get("head_dim") or d // nh
+    moe = MoEConfig(hf.get("num_experts", 16), hf.get("num_experts_per_tok", 2), hf.get("n_group", 8),
+                    hf.get("topk_group", 4), hf.get("routed_scaling_factor", 2.5),
+                    hf["moe_intermediate_size"], hf.get("num_shared_experts") or 0,
+                    hf.get("first_k_dense_replace", 0))
+    E, G = moe.n_experts, moe.n_group
+    per_group = E // G if G and E % G == 0 else 0
+    if per_group < 2 or not 0 < moe.topk_group <= G or not 0 < moe.top_k <= moe.topk_group * per_group:
+        raise ValueError(f"{where}: num_experts {E}, n_group {G}, topk_group {moe.topk_group}, "
+                         f"num_experts_per_tok {moe.top_k}: need groups of >= 2 experts and "
+                         "num_experts_per_tok <= topk_group * experts per group")
+    rope_dim = int(hd * hf.get("partial_rotary_factor", 0.5))
+    if rope_dim % 2 or not 0 < rope_dim <= hd:
+        raise ValueError(f"{where}: partial_rotary_factor {hf['partial_rotary_factor']} gives {rope_dim} "
+                         f"rotated dims of {hd}: need an even number > 0")
+    eos = stop[0] if stop else hf.get("pad_token_id", 156892)
+    dense = hf["intermediate_size"] if moe.first_dense else hf.get("intermediate_size") or 0
+    return Config(family="llada2", vocab_size=hf["vocab_size"], n_embd=d, n_layer=hf["num_hidden_layers"],
+                  n_head=nh, n_kv_head=hf.get("num_key_value_heads") or nh, head_dim=hd,
+                  intermediate_size=dense, rope_theta=hf.get("rope_theta", 10000.0),
+                  max_seq_len=hf.get("max_position_embeddings", 16384),
+                  norm_eps=hf.get("rms_norm_eps", 1e-5), tie_embeddings=bool(hf.get("tie_word_embeddings")),
+                  qk_norm=bool(hf.get("use_qk_norm", True)), rope_fp32=False,
+                  block_size=hf.get("block_size", 32), mask_token_id=hf.get("mask_token_id", 156895),
+                  eos_token_id=eos, stop_ids=tuple(stop) or (eos,), rope_dim=rope_dim, moe=moe)
 
 
 def config_to_hf(cfg):
@@ -378,7 +446,25 @@ SDAR_KEYS = {
     "model.norm.weight": "norm.weight",
     "lm_head.weight": "lm_head.weight",
 }
-KEY_MAPS = {"llada": LLADA_KEYS, "sdar": SDAR_KEYS}
+SWIGLU = ("gate_proj", "up_proj", "down_proj")
+# LLaDA2.0 (Ling-2.0 names). The fused q/k/v matrix and each expert's tensors load under names of their own;
+# moe.assemble then splits q/k/v and stacks the experts. Dense layers (mlp.*_proj) and MoE layers (mlp.gate,
+# mlp.experts, mlp.shared_experts) share the mlp prefix.
+LLADA2_KEYS = {
+    "model.word_embeddings.weight": "embed_tokens.weight",
+    **{f"model.layers.{{}}.{n}.weight": f"layers.{{}}.{n}.weight"
+       for n in ("input_layernorm", "post_attention_layernorm", *(f"mlp.{p}" for p in SWIGLU),
+                 *(f"mlp.shared_experts.{p}" for p in SWIGLU), "mlp.gate")},
+    "model.layers.{}.attention.query_key_value.weight": "layers.{}.self_attn.query_key_value.weight",
+    "model.layers.{}.attention.query_layernorm.weight": "layers.{}.self_attn.q_norm.weight",
+    "model.layers.{}.attention.key_layernorm.weight": "layers.{}.self_attn.k_norm.weight",
+    "model.layers.{}.attention.dense.weight": "layers.{}.self_attn.o_proj.weight",
+    "model.layers.{}.mlp.gate.expert_bias": "layers.{}.mlp.gate.expert_bias",
+    **{f"model.layers.{{}}.mlp.experts.{{}}.{p}.weight": f"layers.{{}}.mlp.experts.{{}}.{p}" for p in SWIGLU},
+    "model.norm.weight": "norm.weight",
+    "lm_head.weight": "lm_head.weight",
+}
+KEY_MAPS = {"llada": LLADA_KEYS, "sdar": SDAR_KEYS, "llada2": LLADA2_KEYS}
 
 
 def rename(key, table):
@@ -484,11 +570,12 @@ def default_dtype(where, device):
 
 
 def from_pretrained(name_or_path, device=None, dtype=None, skip=()):
-    """Load an official LLaDA or SDAR checkpoint (folder or repo id). Default device: CUDA if available;
-    default dtype: the checkpoint's on CUDA, float32 on CPU. Every expected key must be present with the
-    right shape and nothing may be left over. The model is built on the meta device and the tensors are
-    assigned one at a time (safetensors maps the files copy-on-write), so no second copy is ever made.
-    skip: key prefixes a caller loads itself (mrp.py: the `mrp_modules.` of an MRP checkpoint)."""
+    """Load an official LLaDA, SDAR or LLaDA2.0 checkpoint (folder or repo id). Default device: CUDA if
+    available; default dtype: the checkpoint's on CUDA, float32 on CPU. Every expected key must be present
+    with the right shape and nothing may be left over. The model is built on the meta device and the tensors
+    are assigned one at a time (safetensors maps the files copy-on-write), so no second copy is ever made
+    (but of LLaDA2.0's experts, which are stacked). skip: key prefixes a caller loads itself (mrp.py: the
+    `mrp_modules.` of an MRP checkpoint)."""
     folder = resolve(name_or_path)
     gen = read_json(os.path.join(folder, "generation_config.json"), required=False).get("eos_token_id", [])
     cfg = config_from_hf(read_json(os.path.join(folder, "config.json")), os.path.join(folder, "config.json"),
@@ -500,9 +587,12 @@ def from_pretrained(name_or_path, device=None, dtype=None, skip=()):
         cfg.tie_embeddings = True
     if cfg.tie_embeddings:  # a tied head *is* the embedding; a saved copy is ignored, as Hugging Face does
         where = {k: v for k, v in where.items() if rename(k, KEY_MAPS[cfg.family]) != "lm_head.weight"}
+    if cfg.moe:  # LLaDA2.0: the Transformer with MoE MLPs; its checkpoint stores some tensors differently
+        import moe
     with torch.device("meta"):
-        model = Transformer(cfg)
+        model = moe.build(cfg) if cfg.moe else Transformer(cfg)
     want = {k: v.shape for k, v in model.state_dict().items() if not (cfg.tie_embeddings and k == "lm_head.weight")}
+    want = moe.stored_shapes(cfg, want) if cfg.moe else want
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dtype is None:
         dtype = default_dtype(where, device)
@@ -510,6 +600,7 @@ def from_pretrained(name_or_path, device=None, dtype=None, skip=()):
               f"({'the checkpoint dtype' if device.type == 'cuda' else 'float32 on the CPU'})")
     state = read_state(where, KEY_MAPS[cfg.family], want, device, dtype,
                        f"{folder}: not a {cfg.family} checkpoint of this config")
+    state = moe.assemble(cfg, state) if cfg.moe else state
     if cfg.tie_embeddings:
         state["lm_head.weight"] = state["embed_tokens.weight"]
     model.load_state_dict(state, strict=True, assign=True)
@@ -520,6 +611,8 @@ def from_pretrained(name_or_path, device=None, dtype=None, skip=()):
 
 def official_state(model):
     """{official key: tensor} for our model, through the inverse of its family's key map."""
+    if model.config.moe:
+        raise NotImplementedError("saving LLaDA2.0 (split q/k/v, stacked experts) is not implemented")
     inverse = {v: k for k, v in KEY_MAPS[model.config.family].items()}
     state = {}
     for name, t in model.state_dict().items():
