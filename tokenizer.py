@@ -6,7 +6,8 @@ encodes as Hugging Face `tokenizers` does with add_special_tokens=False:
 - the file's pre-tokenizer regex, then byte-level BPE in merge order (GPT-2's bytes_to_unicode);
 - added tokens (special or not, e.g. Qwen's <think>) are matched atomically anywhere in the text;
 - decode: ids -> bytes -> UTF-8 with errors="replace"; added tokens decode to their text.
-Chat templates: Qwen3's (SDAR-Chat) and LLaDA-8B-Instruct's jinja templates, as plain Python.
+Chat templates: Qwen3's (SDAR-Chat), LLaDA-8B-Instruct's and Ling-2.0's (LLaDA2.0-mini) jinja templates,
+as plain Python; a folder's format is recognised from its added tokens (and its template, if it has one).
 Differences from Hugging Face:
 - tiktoken uses its rank both as merge priority and as the id. When ids rise with merge order
   (Qwen3) rank = id; otherwise ranks are 256 + merge index and encode maps ranks to ids through
@@ -31,9 +32,11 @@ import tiktoken
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 IM_START, IM_END, THINK, END_THINK = "<|im_start|>", "<|im_end|>", "<think>", "</think>"
 BOS, HEADER_START, HEADER_END, EOT = "<|startoftext|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"
-# a chat format needs all its markers among the added tokens: Qwen2.5 has no <think>, and
-# Llama 3 (same headers as LLaDA) has no <|startoftext|>
-CHAT_FORMATS = {"qwen3": (IM_START, IM_END, THINK, END_THINK), "llada": (BOS, HEADER_START, HEADER_END, EOT)}
+ROLE_END, ROLE, END_ROLE = "<|role_end|>", "<role>", "</role>"
+# a chat format needs all its markers among the added tokens: Qwen2.5 has no <think>, Llama 3 (same
+# headers as LLaDA) has no <|startoftext|>, and LLaDA's Ling-1 tokenizer has <role> but no <|role_end|>
+CHAT_FORMATS = {"qwen3": (IM_START, IM_END, THINK, END_THINK), "llada": (BOS, HEADER_START, HEADER_END, EOT),
+                "ling2": (ROLE_END, ROLE, END_ROLE)}
 
 
 def bytes_to_unicode():
@@ -197,7 +200,8 @@ class Tokenizer:
     def apply_chat_template(self, messages, add_generation_prompt=True, enable_thinking=True, tools=None):
         """The prompt string the official jinja template renders (tokenize=False)."""
         if self.chat_format is None:
-            raise ValueError("this tokenizer has no chat format we know (Qwen3 / SDAR-Chat or LLaDA-Instruct)")
+            raise ValueError("this tokenizer has no chat format we know (Qwen3 / SDAR-Chat, LLaDA-Instruct "
+                             "or Ling-2.0 / LLaDA2.0)")
         for m in messages:  # multimodal content lists are out of scope
             if not (isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
                 raise TypeError(f"each message needs a string role and content, got {m!r}")
@@ -208,23 +212,16 @@ class Tokenizer:
             return (BOS if messages else "") + "".join(turns) + f"{HEADER_START}assistant{HEADER_END}\n\n"
         if tools or any(m["role"] == "tool" or m.get("tool_calls") for m in messages):
             raise NotImplementedError("tool calls and tool results are not supported by this chat template port")
-        # Qwen3 finds the last real user query (a user turn that only wraps a tool response does not
-        # count); assistant turns after it may show their reasoning, earlier ones never do
-        users = [i for i, m in enumerate(messages) if m["role"] == "user"
-                 and not (m["content"].startswith("<tool_response>") and m["content"].endswith("</tool_response>"))]
-        last_query = users[-1] if users else len(messages) - 1
+        if self.chat_format == "ling2":
+            return ling2_chat(messages, add_generation_prompt)
+        last_query = last_query_index(messages)
         out = []
         for i, m in enumerate(messages):
             role, content = m["role"], m["content"]
             if role in ("system", "user"):  # a first system turn renders the same way as a later one
                 out.append(f"{IM_START}{role}\n{content}{IM_END}\n")
             elif role == "assistant":
-                reasoning = m.get("reasoning_content")
-                if not isinstance(reasoning, str):  # then the reasoning hides in the content
-                    reasoning = ""
-                    if END_THINK in content:
-                        reasoning = content.split(END_THINK)[0].rstrip("\n").split(THINK)[-1].lstrip("\n")
-                        content = content.split(END_THINK)[-1].lstrip("\n")
+                reasoning, content = split_reasoning(m)
                 if i > last_query and (i == len(messages) - 1 or reasoning):
                     reasoning, content = reasoning.strip("\n"), content.lstrip("\n")
                     out.append(f"{IM_START}assistant\n{THINK}\n{reasoning}\n{END_THINK}\n\n{content}{IM_END}\n")
@@ -237,6 +234,50 @@ class Tokenizer:
             if enable_thinking is False:  # jinja's `is false`: only the literal False counts
                 out.append(f"{THINK}\n\n{END_THINK}\n\n")
         return "".join(out)
+
+
+def last_query_index(messages):
+    """Qwen3's and Ling-2.0's templates find the last real user query (a user turn that only wraps a tool
+    response does not count); assistant turns after it may show their reasoning, earlier ones never do."""
+    tool_response = lambda text: text.startswith("<tool_response>") and text.endswith("</tool_response>")
+    users = [i for i, m in enumerate(messages) if m["role"] == "user" and not tool_response(m["content"])]
+    return users[-1] if users else len(messages) - 1
+
+
+def split_reasoning(message):
+    """(reasoning, content) of an assistant turn: its reasoning_content, or the <think> part of its
+    content (then taken out of it)."""
+    content, reasoning = message["content"], message.get("reasoning_content")
+    if not isinstance(reasoning, str):  # then the reasoning hides in the content
+        reasoning = ""
+        if END_THINK in content:
+            reasoning = content.split(END_THINK)[0].rstrip("\n").split(THINK)[-1].lstrip("\n")
+            content = content.split(END_THINK)[-1].lstrip("\n")
+    return reasoning, content
+
+
+def ling2_chat(messages, add_generation_prompt):
+    """Ling-2.0's template (LLaDA2.0-mini): a system turn always opens, holding the first message's text if
+    that message is a system one and the template's fixed "detailed thinking off" (no switch turns it on);
+    every turn is <role>ROLE</role>text<|role_end|> with roles SYSTEM, HUMAN and ASSISTANT."""
+    first_system = messages[0]["content"] + "\n" if messages and messages[0]["role"] == "system" else ""
+    out = [f"{ROLE}SYSTEM{END_ROLE}{first_system}detailed thinking off{ROLE_END}"]
+    last_query = last_query_index(messages)
+    for i, m in enumerate(messages):
+        role = m["role"]
+        if role == "system" and i == 0:
+            continue  # already in the opening turn
+        if role in ("system", "user"):
+            out.append(f"{ROLE}{'HUMAN' if role == 'user' else 'SYSTEM'}{END_ROLE}{m['content']}{ROLE_END}")
+        elif role == "assistant":
+            reasoning, content = split_reasoning(m)
+            if i > last_query and reasoning:
+                reasoning, content = reasoning.strip("\n"), content.lstrip("\n")
+                content = f"\n{THINK}\n{reasoning}\n{END_THINK}\n\n{content}"
+            out.append(f"{ROLE}ASSISTANT{END_ROLE}{content}{ROLE_END}")
+        else:  # the official template silently drops unknown roles; we would rather say so
+            raise ValueError(f"role {role!r} is not supported by the Ling-2.0 chat template")
+    return "".join(out) + (f"{ROLE}ASSISTANT{END_ROLE}" if add_generation_prompt else "")
 
 
 def load_tokenizer(folder):
