@@ -364,7 +364,47 @@ def test_command_lines(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "16.26B parameters, 1.43B active per token (0.79B without" in out.stdout  # Ling's card: 1.4B, 789M
     folder = write_checkpoint(str(tmp_path / "c"), *llada2_official())
-    out = subprocess.run([sys.executable, "model.py", folder, "--device", "cpu"], cwd=ROOT, capture_output=True,
-                         text=True)
+    out = subprocess.run([sys.executable, "model.py", folder, "--device", "cpu"], cwd=ROOT,
+                         capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "llada2" in out.stdout and "logits (1, 8, 96)" in out.stdout
+
+# ---------------------------------------------------------------------------------------------------
+# on a GPU (skipped without one): the CPU's numbers in float32, and F.grouped_mm at the real shape
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+def test_cuda_float32_matches_the_cpu_and_bf16_stays_close(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # float32 must mean float32
+    folder = write_checkpoint(str(tmp_path / "c"), *llada2_official())
+    cpu, gpu, half = load(folder), M.from_pretrained(folder, "cuda", torch.float32), \
+        M.from_pretrained(folder, "cuda", torch.bfloat16)
+    ids = torch.randint(0, 94, (2, 24))
+    with torch.no_grad():
+        ref, out, low = cpu(ids), gpu(ids.cuda()).cpu(), half(ids.cuda()).float().cpu()
+    assert (out - ref).abs().max() < 1e-4 * max(1.0, ref.abs().max().item())
+    assert (low - ref).abs().mean() < 0.05 * ref.std()  # bf16 runs the grouped matmul
+    kw = dict(gen_length=16, block_length=8, denoising_steps=8, threshold=0.5, stop_ids=[])
+    prompts = [torch.randint(0, 90, (n,)) for n in (5, 11)]
+    assert torch.equal(D.block_generate(cpu, prompts, **kw)[0], D.block_generate(gpu, prompts, **kw)[0].cpu())
+
+
+@cuda
+def test_cuda_grouped_matmul_at_the_real_shape_and_compiled():
+    cfg = M.PRESETS["llada2-mini"]
+    layer = moe.SparseMoE(cfg).to("cuda", torch.bfloat16)
+    torch.manual_seed(0)
+    for p in layer.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    x = torch.randn(2, 32, cfg.n_embd, device="cuda", dtype=torch.bfloat16)  # a block of 32 per sample
+    h = x.view(-1, cfg.n_embd)
+    idx, _ = layer.gate(h)
+    e = layer.experts
+    a = moe.experts_grouped(h, idx, e.gate_proj, e.up_proj, e.down_proj).float()
+    b = moe.experts_dense(h, idx, e.gate_proj, e.up_proj, e.down_proj).float()
+    assert (a - b).abs().max() < 0.02 * b.abs().max()
+    with torch.no_grad():
+        eager, compiled = layer(x), torch.compile(layer, fullgraph=True)(x)
+    assert (compiled.float() - eager.float()).abs().max() < 0.02 * eager.float().abs().max()
