@@ -87,13 +87,15 @@ def experts_dense(x, idx, gate_proj, up_proj, down_proj):
 
 
 class Router(nn.Module):
-    """The `mlp.gate` of a MoE layer: its (E, C) weight and the expert_bias buffer."""
+    """The `mlp.gate` of a MoE layer: its (E, C) weight and the (E,) expert_bias."""
 
     def __init__(self, moe, n_embd):
         super().__init__()
         self.moe = moe
         self.weight = nn.Parameter(torch.empty(moe.n_experts, n_embd))
-        self.register_buffer("expert_bias", torch.zeros(moe.n_experts))
+        # a buffer in the official code (load balancing sets it, not gradients); a parameter here, so that
+        # what allocates and initialises the weights (to_empty, init_weights in bench.py) covers it too
+        self.expert_bias = nn.Parameter(torch.zeros(moe.n_experts), requires_grad=False)
 
     def forward(self, h):
         return route(h, self.weight, self.expert_bias, self.moe)

@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -334,6 +335,9 @@ def test_cached_forward_equals_the_whole_sequence(llada2):
         parts = [llada2(ids[:, :8], cache=cache, cache_start=0, block_size=L)]
         parts += [llada2(ids[:, s:s + L], cache=cache, cache_start=s, block_size=L) for s in (8, 16)]
     assert (torch.cat(parts, 1) - full).abs().max() < 1e-5
+    with torch.no_grad():  # the rest of the forward contract: input embeddings in, the hidden state out
+        logits, h = llada2(inputs_embeds=llada2.embed_tokens(ids), block_size=L, return_hidden=True)
+    assert torch.equal(logits, full) and torch.allclose(llada2.lm_head(h), full)
 
 
 def test_terminal_anchor_on_llada2(llada2):
@@ -357,6 +361,21 @@ def test_preset_has_the_real_shape():
     assert 16.0e9 < total < 16.5e9 and net.layers[1].mlp.experts.gate_proj.shape == (256, 512, 2048)
     assert isinstance(net.layers[0].mlp, M.MLP) and net.layers[0].mlp.up_proj.weight.shape == (5120, 2048)
     assert net.layers[3].self_attn.k_proj.weight.shape == (512, 2048) and net.config.rope_dim == 64
+
+
+def test_built_on_meta_and_initialised_as_bench_does():
+    """bench.py's random models: built on the meta device, allocated with to_empty, then init_weights.
+    Everything must be covered (the expert bias too: an uninitialised one would route on garbage)."""
+    cfg = replace(M.PRESETS["llada2-mini"], vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_kv_head=2,
+                  head_dim=16, rope_dim=8, intermediate_size=96, mask_token_id=127, eos_token_id=126,
+                  moe=replace(M.PRESETS["llada2-mini"].moe, n_experts=16, intermediate_size=32))
+    with torch.device("meta"):
+        net = moe.build(cfg)
+    assert any(p is net.layers[1].mlp.gate.expert_bias for p in net.parameters())  # what init_weights covers
+    net = net.to_empty(device="cpu")
+    net.init_weights()
+    with torch.no_grad():
+        assert torch.isfinite(net(torch.randint(0, 126, (1, 64)))).all()
 
 
 def test_command_lines(tmp_path):
