@@ -314,6 +314,13 @@ def eos_early_stop(st, x0, confidence, transfer):
     return committed & ~((st.x == st.mask_id) & st.valid & before).any(1)
 
 
+def llada2_steps(steps, gen_length):
+    """Steps per block as LLaDA2.0's generate takes them: `steps = min(steps, gen_length // minimal_topk)`
+    with minimal_topk 1 (6 tokens in 8 steps are quotas 2,2,1,1,1,1), and more steps than a block has
+    tokens are allowed: the extra ones have a quota of 0 and commit only what passes the threshold."""
+    return min(steps, gen_length)
+
+
 def denoise_block(st, lo, hi):
     """The official per-block loop: up to `steps` denoising forwards, each committing by the dynamic rule
     (static when threshold >= 1), then the store pass."""
@@ -351,11 +358,11 @@ def block_generate(model, prompt, gen_length=128, block_length=4, denoising_step
     mask_id = cfg.mask_token_id if mask_id is None else mask_id
     stop_ids = set(cfg.stop_ids if stop_ids is None else stop_ids)
     L = block_length
-    if cfg.family == "llada2":  # `steps = min(steps, gen_length // minimal_topk)`, minimal_topk 1: 6 tokens
-        denoising_steps = min(denoising_steps, gen_length)  # in 8 steps are quotas 2,2,1,1,1,1, not 1 x 8
+    llada2 = cfg.family == "llada2"
+    denoising_steps = llada2_steps(denoising_steps, gen_length) if llada2 else denoising_steps
     if remasking not in ("low_confidence", "sequential"):
         raise ValueError(f"remasking {remasking!r}: expected 'low_confidence' (static/dynamic by threshold) or 'sequential'")
-    if L <= 0 or gen_length <= 0 or not 0 < denoising_steps <= L:
+    if L <= 0 or gen_length <= 0 or not 0 < denoising_steps <= (gen_length if llada2 else L):
         raise ValueError(f"need gen_length ({gen_length}) > 0 and 0 < denoising_steps ({denoising_steps}) <= block_length ({L})")
     if not 0 < threshold <= 1 or temperature < 0:
         raise ValueError(f"threshold {threshold} must be in (0, 1] and temperature {temperature} >= 0")

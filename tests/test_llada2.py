@@ -276,6 +276,7 @@ def frequent_token(m, prompt):
                                      dict(block_length=8, steps=4, threshold=1.0),
                                      dict(block_length=4, steps=4, threshold=0.3),
                                      dict(block_length=8, steps=8, threshold=0.95, gen_length=6),
+                                     dict(block_length=4, steps=7, threshold=0.9),  # quotas 1,1,1,1,0,0,0
                                      dict(block_length=8, steps=8, threshold=0.5, eos_early_stop=True),
                                      dict(block_length=8, steps=3, threshold=0.3, eos_early_stop=True,
                                           eos_in_prompt=True)])
