@@ -14,7 +14,7 @@ A MoE layer, per token h (the post-attention-norm hidden state), as the Hugging 
     s = sigmoid(W_g h)                     E expert scores, in fp32 whatever the activations' dtype
     experts in n_group contiguous groups; a group scores the sum of its 2 best (s + expert_bias);
     keep the topk_group best groups, take the top_k experts of s + expert_bias inside them
-    w_j = s_j / (sum_j s_j + 1e-20) * routed_scaling_factor    the bias only selects; w uses plain s
+    w_j = s_j / (sum_j s_j + 1e-20) * routed_scaling_factor    the bias only selects (no sum for top_k 1)
     y = sum_j w_j expert_j(h)  (in fp32, cast back)  +  shared_expert(h)
 with expert(h) = down(silu(gate(h)) * up(h)).
 
@@ -25,14 +25,14 @@ How it differs from the official code:
     (F.grouped_mm) whose group ends come from a searchsorted on the device, so the forward compiles with
     torch.compile(fullgraph=True). F.grouped_mm takes bf16 (the checkpoint's dtype, what a GPU runs);
     other dtypes (fp32 on the CPU: the tests, the parity check) run every expert on every token and keep
-    each token's chosen outputs, E / top_k times the work, same numbers. Either way the combine is the
-    official one: fp32, in the router's top-k order.
+    each token's chosen outputs, E / top_k times the work, the same numbers up to the matmuls' rounding.
+    Either way the combine is the official one: fp32, in the router's top-k order.
   - why a grouped matmul at decoding shapes: a block-diffusion step feeds one block (32 tokens) per sample,
     so N = 32 B tokens make 8 N (token, expert) pairs over 256 experts. Decoding is bound by reading the
     weights. Gathering each token's expert weights (gpt-fast's Mixtral: one matrix per pair, 256 matrices,
     1.6 GB per layer at B = 1) reads an expert once per token that chose it; running all experts reads all
     256. The grouped matmul reads each expert that got a token once (about 160 of 256 for 32 tokens routed
-    at random; 8 for a single token) and does exactly the 8 N rows of work, in 3 kernels per layer.
+    at random; 8 for a single token) and does exactly the 8 N rows of work, in three matmul kernels.
   - no training path (the official `self.training` branch), no biases (the real checkpoint has none; one
     that stores `dense.bias` or a q/k/v bias is refused), no saving.
 """
