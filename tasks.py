@@ -588,7 +588,8 @@ def run_program(code, timeout=3.0, memory_mb=1024, max_procs=64, max_file_mb=10,
     hard = {r: resource.getrlimit(r)[1] for r, _ in limits}
     cfg = dict(mode=boundary, timeout=timeout, allow_fork=allow_fork, scratch_mb=max(4 * max_file_mb, 16),
                limits=[(r, v if hard[r] == resource.RLIM_INFINITY else min(v, hard[r])) for r, v in limits],
-               executable=os.path.abspath(sys.executable), env=PROGRAM_ENV, python_dirs=_python_dirs())
+               executable=os.path.abspath(sys.executable), env=PROGRAM_ENV, python_dirs=_python_dirs(),
+               parent=os.getpid())
     result = _run_limited(code, cfg) if boundary == "limits" else _run_isolated(code, cfg)
     if result["status"] == "error":
         raise RuntimeError(f"the code sandbox failed to start ({boundary}): {result['stderr_tail'].strip()}")
@@ -680,29 +681,32 @@ _boundary_lock = threading.Lock()
 
 
 def code_boundary():
-    """The boundary run_program uses on this machine: "namespaces", or "limits" where they cannot be built
-    (not Linux; user namespaces or mounts forbidden). Probed once per process by running a trivial program in
-    namespaces; the fallback is announced once, loudly, on stderr."""
+    """The boundary run_program uses on this machine: "namespaces"; as root where only a user namespace can be
+    built (a container), "user-namespace"; else "limits" (not Linux; namespaces or mounts forbidden). Probed
+    once per process by running a trivial program; the fallback to "limits" is announced once, loudly, on
+    stderr."""
     with _boundary_lock:
         if "mode" not in _boundary:
-            reason = _namespaces_unavailable()
-            _boundary["mode"], _boundary["reason"] = ("limits", reason) if reason else ("namespaces", None)
-            if reason:
+            root = os.name == "posix" and os.geteuid() == 0
+            tried = ("namespaces", "user-namespace") if root else ("namespaces",)
+            reasons = [_probe(boundary) for boundary in tried]
+            _boundary["mode"] = next((b for b, r in zip(tried, reasons) if r is None), "limits")
+            if _boundary["mode"] == "limits":
                 print(f"tasks.py: WARNING: model-written code will run WITHOUT an operating-system boundary: "
-                      f"{reason}. Only resource limits, a fresh environment, a seccomp filter (Linux) and an "
-                      "in-process audit hook that the code itself can switch off stand between it and this "
-                      "machine: it can read, and with the hook off write, whatever this user can. Run it on "
-                      "Linux with user namespaces (or as root) for the real boundary.", file=sys.stderr,
-                      flush=True)
+                      f"{'; '.join(dict.fromkeys(reasons))}. Only resource limits, a fresh environment, a "
+                      "seccomp filter (Linux) and an in-process audit hook that the code itself can switch "
+                      "off stand between it and this machine: it can read, and with the hook off write, "
+                      "whatever this user can. Run it on Linux with user namespaces (or as root) for the "
+                      "real boundary.", file=sys.stderr, flush=True)
         return _boundary["mode"]
 
 
-def _namespaces_unavailable():
-    """Why namespaces cannot be used here, or None if a trivial program ran inside them."""
+def _probe(boundary):
+    """Why `boundary` cannot be used here, or None if a trivial program ran inside it."""
     if not sys.platform.startswith("linux"):
         return f"{sys.platform} has no Linux namespaces"
     try:
-        r = run_program("import sys", timeout=30, allow_code_exec=True, boundary="namespaces")
+        r = run_program("import sys", timeout=30, allow_code_exec=True, boundary=boundary)
     except RuntimeError as e:
         return str(e)
     return None if r["status"] == "passed" else f"a trivial program {r['status']}: {r['stderr_tail'].strip()}"
@@ -743,6 +747,10 @@ def _sandbox(cfg):
     fd = cfg["report"]
     os.set_inheritable(fd, False)  # closed when the program execs
     try:
+        if sys.platform.startswith("linux"):  # the evaluator gone (killed), so are we: SIGKILL
+            _libc("prctl", PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != cfg["parent"]:
+                os._exit(125)
         if cfg["mode"] == "limits":  # no namespaces: confine this very process and become the program
             _confine(cfg)
             os.execve(cfg["executable"], [cfg["executable"], "-I", "main.py"], cfg["env"])

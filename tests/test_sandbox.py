@@ -67,13 +67,13 @@ def group_alive(pgid):
     return alive
 
 
-def with_cmdline(text):
-    """Processes whose command line contains `text`."""
+def sleeping(nonce):
+    """Processes running `sleep NONCE` (the programs below exec it to leave something behind)."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if text.encode() in f.read():
+                if f.read().split(b"\0")[:2] == [b"sleep", nonce.encode()]:
                     found.append(int(pid))
         except OSError:
             pass
@@ -243,9 +243,29 @@ def persist(nonce):
 def test_no_process_outlives_the_check(boundary):
     nonce = f"61.{uuid.uuid4().int % 10**9}"
     r = attack(persist(nonce), boundary, allow_fork=True)  # attack() also checks the namespace is empty
-    assert r["status"] == "passed" and "RUNNING" in r["stderr_tail"] and with_cmdline(nonce) == []
+    assert r["status"] == "passed" and "RUNNING" in r["stderr_tail"] and sleeping(nonce) == []
     timed_out = attack(persist(nonce) + "while True:\n    pass\n", boundary, allow_fork=True, timeout=2)
-    assert timed_out["status"] == "timeout" and with_cmdline(nonce) == []
+    assert timed_out["status"] == "timeout" and sleeping(nonce) == []
+
+
+@pytest.mark.parametrize("boundary", [*BOUNDARIES, "limits"])
+def test_nothing_outlives_a_killed_evaluator(boundary):
+    """The evaluator killed mid-run (SIGKILL: no clean-up of its own): the program goes with it."""
+    nonce = f"63.{uuid.uuid4().int % 10**9}"
+    script = ("import sys\nsys.path.insert(0, sys.argv[1])\nimport tasks\n"
+              "tasks.run_program(sys.argv[2], timeout=60, allow_code_exec=True, boundary=sys.argv[3])\n")
+    code = HOOK_OFF + f"os.execv('/bin/sleep', ['sleep', '{nonce}'])\n"
+    evaluator = subprocess.Popen([sys.executable, "-c", script, ROOT, code, boundary])
+    deadline = time.monotonic() + 60
+    while not sleeping(nonce) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sleeping(nonce), "the program never started"
+    evaluator.kill()
+    evaluator.wait()
+    deadline = time.monotonic() + 10
+    while sleeping(nonce) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sleeping(nonce) == []
 
 
 @pytest.mark.parametrize("code", [
@@ -497,7 +517,7 @@ assert not escaped, escaped
         assert out.returncode == 0, out.stderr[-2000:]
         (row,) = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
         assert row["rule"] == "passed" and "HOOK OFF" in row["extracted"]  # it ran to its end, hook off
-        assert victim.poll() is None and snapshot(visible) == before and with_cmdline(nonce) == []
+        assert victim.poll() is None and snapshot(visible) == before and sleeping(nonce) == []
         with pytest.raises(BlockingIOError):
             tcp.accept()
     finally:
