@@ -163,6 +163,9 @@ WRITES = {
     "/proc/1/fd (the init's files)": "for fd in os.listdir('/proc/1/fd'):\n"
                                      "    os.write(os.open('/proc/1/fd/' + fd, os.O_WRONLY), b'exit 0\\n')",
     "/dev/shm": "open('/dev/shm/x', 'w').write('x')",
+    "/proc/sys": "open('/proc/sys/kernel/hostname', 'w').write('x')",
+    "/proc/sysrq-trigger": "open('/proc/sysrq-trigger', 'w').write('h')",
+    "a name for the stderr file": "os.link('/proc/self/fd/2', {new!r}, follow_symlinks=True)",
     "remount read-write": CTYPES + "assert libc.mount(None, {folder!r}.encode(), None, 32 | 4096, None) == 0,"
                                    " OSError(ctypes.get_errno(), 'mount')",
     "own mount namespace": CTYPES + "assert libc.unshare(0x10000000 | 0x20000) == 0, "
@@ -192,11 +195,14 @@ def test_what_the_program_sees(boundary):
             "print(json.dumps(dict(cwd=os.getcwd(), root=os.listdir('/'), dev=sorted(os.listdir('/dev')), "
             "procs=[p for p in os.listdir('/proc') if p.isdigit()], host=socket.gethostname(), "
             "net=open('/proc/net/dev').read().split()[20::17], scratch=os.listdir('/tmp'), prefix=sys.prefix, "
+            "writable=[f[4] for f in map(str.split, open('/proc/self/mountinfo')) if 'rw' in f[5].split(',')], "
             f"project=os.path.exists({ROOT!r} + '/tasks.py'))), file=sys.stderr)\n")
     r = attack(code, boundary)
     seen = json.loads(r["stderr_tail"].splitlines()[-1])
     assert r["status"] == "passed" and seen["cwd"] == "/tmp" and name in seen["scratch"]
     assert seen["prefix"] == sys.prefix  # the evaluator's interpreter, venv included
+    devices = {f"/dev/{d}" for d in ("null", "zero", "full", "random", "urandom")}
+    assert set(seen["writable"]) == {"/tmp", *devices}  # every other mount read-only, submounts too
     tops = {d.split("/")[1] for d in (sys.prefix, sys.base_prefix)}  # where the interpreter lives
     assert set(seen["root"]) <= {*tasks.SYSTEM_DIRS, "dev", "proc", "tmp", *tops}
     assert seen["dev"] == ["fd", "full", "null", "random", "stderr", "stdin", "stdout", "urandom", "zero"]
@@ -306,6 +312,16 @@ def test_timeout_kills_everything(boundary):
 # Reaching out: ports, local sockets, signals, secrets, the kernel
 
 
+def host_address():
+    """This machine's address on its default route (no packet is sent), else 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))
+            return s.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
 @pytest.mark.parametrize("boundary", BOUNDARIES)
 def test_no_connection_to_anything(boundary, visible):
     tcp = socket.create_server(("0.0.0.0", 0))
@@ -320,7 +336,7 @@ def test_no_connection_to_anything(boundary, visible):
         s.setblocking(False)
     for s in (unix, abstract):
         s.listen()
-    host_ip = socket.gethostbyname(socket.gethostname())
+    host_ip = host_address()
     port = tcp.getsockname()[1]
     tries = {
         "tcp 127.0.0.1": f"socket.create_connection(('127.0.0.1', {port}), timeout=2)",
