@@ -255,13 +255,14 @@ def test_no_process_outlives_the_check(boundary):
 
 
 @pytest.mark.parametrize("boundary", [*BOUNDARIES, "limits"])
-def test_nothing_outlives_a_killed_evaluator(boundary):
+def test_nothing_outlives_a_killed_evaluator(boundary, tmp_path):
     """The evaluator killed mid-run (SIGKILL: no clean-up of its own): the program goes with it."""
     nonce = f"63.{uuid.uuid4().int % 10**9}"
     script = ("import sys\nsys.path.insert(0, sys.argv[1])\nimport tasks\n"
               "tasks.run_program(sys.argv[2], timeout=60, allow_code_exec=True, boundary=sys.argv[3])\n")
     code = HOOK_OFF + f"os.execv('/bin/sleep', ['sleep', '{nonce}'])\n"
-    evaluator = subprocess.Popen([sys.executable, "-c", script, ROOT, code, boundary])
+    evaluator = subprocess.Popen([sys.executable, "-c", script, ROOT, code, boundary],
+                                 env={**os.environ, "TMPDIR": str(tmp_path)})  # what it cannot clean up
     deadline = time.monotonic() + 60
     while not sleeping(nonce) and time.monotonic() < deadline:
         time.sleep(0.05)
