@@ -341,7 +341,9 @@ def main():
                                                    "a counterpart run writes next to it)")
     ap.add_argument("--out", default=None, help="write the summary rows to this JSON file")
     ap.add_argument("--plot", default=None, help="with a comparison: accuracy vs tokens/forward PNG (needs matplotlib)")
-    ap.add_argument("--allow-code-exec", action="store_true", help="run model-written code (HumanEval/MBPP) in a sandbox")
+    ap.add_argument("--allow-code-exec", action="store_true",
+                    help="run model-written code (HumanEval/MBPP), each program in its own Linux namespaces with "
+                         "limits (see tasks.run_program)")
     ap.add_argument("--code-timeout", type=float, default=3.0, help="seconds per program")
     args = ap.parse_args()
     defaults = DEFAULTS.get(args.method, {})
@@ -376,6 +378,8 @@ def main():
         if os.path.dirname(os.path.abspath(path)) == os.path.join(HERE, "models") and not os.path.isdir(path):
             raise SystemExit(f"{path}: this embedded model is not in the checkout; make it with: {EMBEDDED.get(name, '?')}")
 
+    if refusal := tasks.code_exec_refusal(args.task, args.allow_code_exec):  # not a 0 % score, before loading
+        raise SystemExit(refusal)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:
         import torch.distributed as dist
@@ -421,6 +425,9 @@ def main():
             with open(samples) as f:
                 for n_line, line in enumerate(f, 1):
                     row = json.loads(line)
+                    if tasks.scored_without_exec(args.task, row):
+                        raise SystemExit(f"{samples}, line {n_line}: scored without running its program (no "
+                                         "--allow-code-exec); move the file away or name another with --samples")
                     key = (row["setting"], row["id"])
                     if key in wanted and row.get("key") != wanted[key]:
                         raise SystemExit(f"{samples}, line {n_line}: written by another model, data or setting "
