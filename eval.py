@@ -28,6 +28,7 @@ import torch
 
 import decode
 import model as model_lib
+import sandbox
 import tasks
 from tokenizer import load_tokenizer
 
@@ -225,7 +226,7 @@ def run_setting(net, tok, records, s, args, done, log, bar):
                    for j, (st, n) in enumerate(zip(stats["gen_start"], stats["gen_tokens"]))]
         if code_task:
             programs = [tasks.code_program(args.task, r, tasks.extract_answer(args.task, o)) for r, o in zip(batch, outputs)]
-            results = tasks.run_programs(programs, allow_code_exec=args.allow_code_exec, timeout=args.code_timeout)
+            results = sandbox.run_programs(programs, allow_code_exec=args.allow_code_exec, timeout=args.code_timeout)
             scored = [(p, res["status"] == "passed", res["status"]) for p, res in zip(programs, results)]
         else:
             scored = [(a, tasks.is_correct(args.task, a, r["gold"]), rule) for r, (a, rule) in
@@ -343,7 +344,7 @@ def main():
     ap.add_argument("--plot", default=None, help="with a comparison: accuracy vs tokens/forward PNG (needs matplotlib)")
     ap.add_argument("--allow-code-exec", action="store_true",
                     help="run model-written code (HumanEval/MBPP), each program in its own Linux namespaces with "
-                         "limits (see tasks.run_program)")
+                         "limits (see sandbox.py)")
     ap.add_argument("--code-timeout", type=float, default=3.0, help="seconds per program")
     args = ap.parse_args()
     defaults = DEFAULTS.get(args.method, {})

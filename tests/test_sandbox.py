@@ -1,5 +1,5 @@
-"""The operating-system boundary of tasks.run_program, attacked. Hand-written hostile programs run through
-tasks.run_programs (what eval.py calls) and once through eval.py itself, with the hostile code in a --data
+"""The operating-system boundary of sandbox.run_program, attacked. Hand-written hostile programs run through
+sandbox.run_programs (what eval.py calls) and once through eval.py itself, with the hostile code in a --data
 file's `test` field. Nearly every attack first switches off the in-process audit hook through its own state
 and proves it is off, so what is tested is the boundary, not the hook. Each outcome is checked from outside:
 nothing written, no process left, no signal delivered, no connection accepted, no secret seen. Both ways into
@@ -19,11 +19,12 @@ import uuid
 
 import pytest
 
+import sandbox
 import tasks
 from conftest import ROOT
 
 BOUNDARIES = ["namespaces", "user-namespace"]
-FILTERED = os.uname().machine in tasks.SYSCALLS  # the seccomp filter exists for this architecture
+FILTERED = os.uname().machine in sandbox.SYSCALLS  # the seccomp filter exists for this architecture
 
 # Switches the audit hook off from inside, through its own closure (its sets of refused events emptied, its
 # path check replaced), then proves it is off: the hook refuses os.kill, which now goes through.
@@ -83,7 +84,7 @@ def sleeping(nonce):
 def attack_all(codes, boundary="namespaces", **kwargs):
     """Run HOOK_OFF + each code as eval.py does; check the hook was off in each and no process is left."""
     programs = [HOOK_OFF + c for c in codes]
-    results = tasks.run_programs(programs, allow_code_exec=True, boundary=boundary, **kwargs)
+    results = sandbox.run_programs(programs, allow_code_exec=True, boundary=boundary, **kwargs)
     for r in results:
         assert "HOOK OFF" in r["stderr_tail"], r["stderr_tail"]
         assert r["boundary"] == boundary
@@ -196,7 +197,7 @@ def test_what_the_program_sees(boundary):
             "procs=[p for p in os.listdir('/proc') if p.isdigit()], host=socket.gethostname(), "
             "net=open('/proc/net/dev').read().split()[20::17], scratch=os.listdir('/tmp'), prefix=sys.prefix, "
             "writable=[f[4] for f in map(str.split, open('/proc/self/mountinfo')) if 'rw' in f[5].split(',')], "
-            f"project=os.path.exists({ROOT!r} + '/tasks.py'))), file=sys.stderr)\n")
+            f"project=os.path.exists({ROOT!r} + '/sandbox.py'))), file=sys.stderr)\n")
     r = attack(code, boundary)
     seen = json.loads(r["stderr_tail"].splitlines()[-1])
     assert r["status"] == "passed" and seen["cwd"] == "/tmp" and name in seen["scratch"]
@@ -204,7 +205,7 @@ def test_what_the_program_sees(boundary):
     devices = {f"/dev/{d}" for d in ("null", "zero", "full", "random", "urandom")}
     assert set(seen["writable"]) == {"/tmp", *devices}  # every other mount read-only, submounts too
     tops = {d.split("/")[1] for d in (sys.prefix, sys.base_prefix)}  # where the interpreter lives
-    assert set(seen["root"]) <= {*tasks.SYSTEM_DIRS, "dev", "proc", "tmp", *tops}
+    assert set(seen["root"]) <= {*sandbox.SYSTEM_DIRS, "dev", "proc", "tmp", *tops}
     assert seen["dev"] == ["fd", "full", "null", "random", "stderr", "stdin", "stdout", "urandom", "zero"]
     assert len(seen["procs"]) <= 3 and seen["host"] == "sandbox" and seen["net"] == ["lo:"]
     assert not seen["project"] and not os.path.exists(f"/tmp/{name}")  # our /tmp was never its /tmp
@@ -258,8 +259,8 @@ def test_no_process_outlives_the_check(boundary):
 def test_nothing_outlives_a_killed_evaluator(boundary, tmp_path):
     """The evaluator killed mid-run (SIGKILL: no clean-up of its own): the program goes with it."""
     nonce = f"63.{uuid.uuid4().int % 10**9}"
-    script = ("import sys\nsys.path.insert(0, sys.argv[1])\nimport tasks\n"
-              "tasks.run_program(sys.argv[2], timeout=60, allow_code_exec=True, boundary=sys.argv[3])\n")
+    script = ("import sys\nsys.path.insert(0, sys.argv[1])\nimport sandbox\n"
+              "sandbox.run_program(sys.argv[2], timeout=60, allow_code_exec=True, boundary=sys.argv[3])\n")
     code = HOOK_OFF + f"os.execv('/bin/sleep', ['sleep', '{nonce}'])\n"
     evaluator = subprocess.Popen([sys.executable, "-c", script, ROOT, code, boundary],
                                  env={**os.environ, "TMPDIR": str(tmp_path)})  # what it cannot clean up
@@ -307,7 +308,7 @@ def test_timeout_kills_everything(boundary):
             "threading.Thread(target=time.sleep, args=(100,)).start()\nwhile True:\n    pass\n")
     t0 = time.monotonic()
     r = attack(code, boundary, timeout=1)
-    assert r["status"] == "timeout" and time.monotonic() - t0 < 1 + tasks.SANDBOX_GRACE
+    assert r["status"] == "timeout" and time.monotonic() - t0 < 1 + sandbox.SANDBOX_GRACE
 
 # -----------------------------------------------------------------------------
 # Reaching out: ports, local sockets, signals, secrets, the kernel
@@ -391,7 +392,7 @@ def test_no_secret_of_the_evaluator(boundary, monkeypatch, tmp_path):
             "print(sorted(os.environ), file=sys.stderr)\nassert not found, found\n")
     r = attack(code, boundary)
     assert r["status"] == "passed" and os.environ["SANDBOX_TEST_TOKEN"] not in r["stderr_tail"]
-    assert set(eval(r["stderr_tail"].splitlines()[-1])) <= {*tasks.PROGRAM_ENV, "LC_CTYPE"}  # noqa: S307
+    assert set(eval(r["stderr_tail"].splitlines()[-1])) <= {*sandbox.PROGRAM_ENV, "LC_CTYPE"}  # noqa: S307
 
 
 @pytest.mark.skipif(not FILTERED, reason="the seccomp filter exists for x86-64 and arm64 only")
@@ -400,7 +401,7 @@ def test_kernel_interfaces_refused(boundary):
     """Raw system calls the filter refuses: ptrace of the init, a user namespace, keyrings, io_uring, bpf,
     System V shared memory (1 GiB that RLIMIT_AS would not see), the x32 ABI, vfork; clone3 is ENOSYS. Each
     returns -1 with the expected errno."""
-    nr = tasks.SYSCALLS[os.uname().machine][1]
+    nr = sandbox.SYSCALLS[os.uname().machine][1]
     calls = {"ptrace": (nr["ptrace"], 16, 1, 0, 0), "unshare": (nr["unshare"], 0x10000000),
              "keyctl": (nr["keyctl"], 0, -3), "io_uring_setup": (nr["io_uring_setup"], 8, 0),
              "bpf": (nr["bpf"], 0, 0, 0), "clone3": (nr["clone3"], 0, 0),
@@ -431,7 +432,7 @@ def test_fallback_still_limits():
     fork, connect, env, memory, loop = attack_all(codes, "limits", memory_mb=256, timeout=2)
     if FILTERED:
         assert "[Errno 1]" in last_line(fork) and "[Errno 1]" in last_line(connect)  # EPERM, seccomp
-    assert env["status"] == "passed" and set(eval(last_line(env))) <= {*tasks.PROGRAM_ENV, "LC_CTYPE"}  # noqa
+    assert env["status"] == "passed" and set(eval(last_line(env))) <= {*sandbox.PROGRAM_ENV, "LC_CTYPE"}  # noqa
     assert last_line(memory) == "MemoryError"
     assert loop["status"] == "timeout" and group_alive(loop["pid"]) == []
 
@@ -439,13 +440,13 @@ def test_fallback_still_limits():
 def test_fallback_is_announced_once():
     """An evaluator whose own seccomp filter forbids unshare(2), as a locked-down container does: the probe
     fails, one loud warning goes to stderr, and programs still run (with limits only)."""
-    script = ("import json, os, sys\nsys.path.insert(0, sys.argv[1])\nimport tasks\n"
-              "tasks._libc('prctl', tasks.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)\n"
-              "tasks._install_seccomp(tasks.seccomp_filter(os.uname().machine, True, sockets=(1, 2, 10, 16), "
+    script = ("import json, os, sys\nsys.path.insert(0, sys.argv[1])\nimport sandbox\n"
+              "sandbox._libc('prctl', sandbox.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)\n"
+              "sandbox._install_seccomp(sandbox.seccomp_filter(os.uname().machine, True, sockets=(1, 2, 10, 16), "
               "denied=('unshare',)))\n"
-              "rs = tasks.run_programs(['assert 1', 'assert 0', 'assert 2'], allow_code_exec=True)\n"
-              "rs += tasks.run_programs(['assert 3'], allow_code_exec=True)\n"
-              "print(json.dumps([r['status'] for r in rs] + [rs[0]['boundary'], tasks.code_boundary()]))\n")
+              "rs = sandbox.run_programs(['assert 1', 'assert 0', 'assert 2'], allow_code_exec=True)\n"
+              "rs += sandbox.run_programs(['assert 3'], allow_code_exec=True)\n"
+              "print(json.dumps([r['status'] for r in rs] + [rs[0]['boundary'], sandbox.code_boundary()]))\n")
     if not FILTERED:
         pytest.skip("needs the seccomp filter to deny unshare(2) to the evaluator")
     out = subprocess.run([sys.executable, "-c", script, ROOT], capture_output=True, text=True, timeout=120)
@@ -456,7 +457,7 @@ def test_fallback_is_announced_once():
 
 def test_this_machine_has_the_boundary():
     """Linux with namespaces (CI runs as root on such a machine): the probe succeeds, nothing is announced."""
-    assert tasks.code_boundary() == "namespaces"
+    assert sandbox.code_boundary() == "namespaces"
 
 # -----------------------------------------------------------------------------
 # Through eval.py: the opt-in, its refusals, and hostile code in a --data file's `test` field

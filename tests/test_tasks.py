@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+import sandbox
 import tasks
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "tasks")
@@ -39,7 +40,7 @@ def group_alive(pgid):
 
 
 def run(code, **kwargs):
-    return tasks.run_program(code, allow_code_exec=True, **kwargs)
+    return sandbox.run_program(code, allow_code_exec=True, **kwargs)
 
 
 def hooked(code, **kwargs):
@@ -268,8 +269,8 @@ def test_mbpp_program():
 def test_execution_is_opt_in(tmp_path):
     marker = tmp_path / "ran"
     code = f"open({str(marker)!r}, 'w')"
-    assert tasks.run_program(code)["status"] == "not_run"
-    assert [r["status"] for r in tasks.run_programs([code, code])] == ["not_run", "not_run"]
+    assert sandbox.run_program(code)["status"] == "not_run"
+    assert [r["status"] for r in sandbox.run_programs([code, code])] == ["not_run", "not_run"]
     records, _ = tasks.load_records("mbpp", data=fixture("mbpp"))
     results = tasks.score_code("mbpp", records, [r["solution"] for r in records])
     assert [r["status"] for r in results] == ["not_run"] * 3 and not any(r["passed"] for r in results)
@@ -359,13 +360,13 @@ def test_cannot_delete_outside(tmp_path, make_code):
 def test_scratch_dir_is_removed():
     r = hooked("import os\nprint(os.getcwd(), file=__import__('sys').stderr)\nraise SystemExit(1)")
     scratch = r["stderr_tail"].splitlines()[0]
-    assert os.path.basename(scratch).startswith("tasks_exec_") and not os.path.exists(scratch)
+    assert os.path.basename(scratch).startswith("sandbox_exec_") and not os.path.exists(scratch)
 
 
 def test_pool_size_does_not_change_results():
     programs = ["assert True", "assert False", "x = 1 / 0", "import math\nassert math.isqrt(17) == 4"] * 2
-    one = [r["status"] for r in tasks.run_programs(programs, workers=1, allow_code_exec=True)]
-    three = [r["status"] for r in tasks.run_programs(programs, workers=3, allow_code_exec=True)]
+    one = [r["status"] for r in sandbox.run_programs(programs, workers=1, allow_code_exec=True)]
+    three = [r["status"] for r in sandbox.run_programs(programs, workers=3, allow_code_exec=True)]
     assert one == three == ["passed", "failed", "failed", "passed"] * 2
 
 
