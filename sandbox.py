@@ -191,7 +191,7 @@ def run_program(code, timeout=3.0, memory_mb=1024, max_procs=64, max_file_mb=10,
     through a user namespace, as a non-root evaluator does; as root this maps the program to uid 0 without
     any capability, which RLIMIT_NPROC does not bind: tests use it to exercise that path); "limits".
     Output: stdout goes to /dev/null and stderr to a file capped by RLIMIT_FSIZE, not captured in memory
-    capture_output (a print loop cannot fill our memory); the environment has HOME and TMPDIR besides PATH."""
+    (a print loop cannot fill our memory); the environment has HOME and TMPDIR besides PATH."""
     if not allow_code_exec:
         return {"status": "not_run", "returncode": None, "stderr_tail": "", "seconds": 0.0, "pid": None,
                 "boundary": None, "namespace": None}
