@@ -716,7 +716,10 @@ if __name__ == "__main__":
     ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                     help="default: the checkpoint's dtype on CUDA, float32 on CPU")
     args = ap.parse_args()
-    m = from_pretrained(args.model, args.device, getattr(torch, args.dtype) if args.dtype else None)
+    try:  # a bad checkpoint is one line naming the file and the field or tensor
+        m = from_pretrained(args.model, args.device, getattr(torch, args.dtype) if args.dtype else None)
+    except (KeyError, ValueError, OSError) as e:
+        raise SystemExit(str(e.args[0] if e.args else e)) from None
     n = sum(p.numel() for p in m.parameters())
     ids = torch.tensor([[m.config.mask_token_id] * 8], device=m.lm_head.weight.device)
     with torch.no_grad():

@@ -157,9 +157,10 @@ def bpe_tables(vocab, merges, added, path):
         raise ValueError(f"{path}: byte 0x{missing[0]:02x} ({b2u[missing[0]]!r}) has no token")
     made, split = {}, []  # merge result -> merge index, in merge order; each merge's (left, right)
     for i, m in enumerate(merges):  # "a b" strings in older files, [a, b] lists in newer ones
-        a, b = m.split(" ") if isinstance(m, str) else m
-        if not (isinstance(a, str) and isinstance(b, str)):
+        pair = m.split(" ") if isinstance(m, str) else m
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
             raise ValueError(f"{path}: merge {i} is {m!r}, not a pair of token strings")
+        a, b = pair
         if a not in vocab or b not in vocab or a + b not in vocab:
             raise ValueError(f"{path}: merge {i} {a!r} {b!r} uses or makes a token missing from the vocabulary")
         if a + b in made:  # Hugging Face ranks pairs but tiktoken ranks strings: one rank per string
