@@ -25,6 +25,7 @@ How it differs from those files:
   - padding is a boolean key mask instead of an additive finfo.min bias: same softmax weights.
 """
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, replace
@@ -295,8 +296,9 @@ LLADA_FIXED = {"block_type": "llama", "layer_norm_type": "rms", "activation_type
 
 # config.json fields checked before use, named as in the file (both families' names)
 SIZE_FIELDS = ("d_model", "n_heads", "n_kv_heads", "n_layers", "mlp_hidden_size", "mlp_ratio", "vocab_size",
-               "embedding_size", "max_sequence_length", "hidden_size", "num_attention_heads", "num_key_value_heads",
-               "num_hidden_layers", "head_dim", "intermediate_size", "max_position_embeddings", "block_size")
+               "embedding_size", "max_sequence_length", "hidden_size", "num_attention_heads",
+               "num_key_value_heads", "num_hidden_layers", "head_dim", "intermediate_size",
+               "max_position_embeddings", "block_size")
 ID_FIELDS = ("mask_token_id", "eos_token_id", "pad_token_id", "eot_token_id")
 FLAG_FIELDS = ("weight_tying", "tie_word_embeddings", "rope_full_precision")
 
@@ -314,12 +316,14 @@ def check_fields(hf, where):
             raise ValueError(f"{where}: {key} must be a positive integer, got {hf[key]!r}")
     for key in ("rope_theta", "rms_norm_eps"):
         v = hf.get(key)
-        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf")):
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if v is not None and not (number and 0 < v < math.inf):
             raise ValueError(f"{where}: {key} must be a positive number, got {v!r}")
     for key in ID_FIELDS:
         v = hf.get(key)
         if v is not None and not all(is_int(i) and i >= 0 for i in (v if isinstance(v, list) else [v])):
-            raise ValueError(f"{where}: {key} must be a token id (an integer >= 0) or a list of them, got {v!r}")
+            raise ValueError(f"{where}: {key} must be a token id (an integer >= 0) or a list of them, "
+                             f"got {v!r}")
     for key in FLAG_FIELDS:
         if hf.get(key) is not None and not isinstance(hf[key], bool):
             raise ValueError(f"{where}: {key} must be true or false, got {hf[key]!r}")
@@ -471,9 +475,9 @@ def resolve(name_or_path):
         return path
     if inside(path, EMBEDDED):
         have = ", ".join(sorted(os.listdir(EMBEDDED))) if os.path.isdir(EMBEDDED) else "none"
-        raise FileNotFoundError(f"{name_or_path}: no such folder; the embedded models are committed: restore one "
-                                f"with `git checkout -- models/NAME` (README.md shows the command that made each; "
-                                f"here: {have})")
+        raise FileNotFoundError(f"{name_or_path}: no such folder; the embedded models are committed: restore "
+                                f"one with `git checkout -- models/NAME` (README.md shows the command that "
+                                f"made each; here: {have})")
     first = path.split("/")[0]
     if (os.path.exists(path) or path.startswith((".", "/")) or os.path.isdir(first)
             or not re.fullmatch(r"[\w.-]+/[\w.-]+", path)):
@@ -512,8 +516,9 @@ def checkpoint_files(folder):
         if not isinstance(weight_map, dict) or not weight_map:
             raise ValueError(f"{index}: no weight_map (an object of tensor name -> shard file)")
         for key, shard in weight_map.items():  # lexically inside the folder (hub snapshots are symlinks)
-            if not isinstance(shard, str) or os.path.isabs(shard) or ".." in shard.replace("\\", "/").split("/"):
-                raise ValueError(f"{index}: weight_map entry {key!r} -> {shard!r} is not a file in the folder")
+            if not isinstance(shard, str) or os.path.isabs(shard) or ".." in re.split(r"[/\\]", shard):
+                raise ValueError(f"{index}: weight_map entry {key!r} -> {shard!r} is not a file in the "
+                                 "folder")
         shards = {s: os.path.join(folder, s) for s in set(weight_map.values())}
     elif os.path.isfile(os.path.join(folder, "model.safetensors")):
         shards, weight_map = {"model.safetensors": os.path.join(folder, "model.safetensors")}, None
@@ -564,7 +569,8 @@ def read_state(where, table, want, device, dtype, what):
                 t = f.get_tensor(key)
                 state[ours[key]] = t.to(device=device, dtype=dtype)
                 if not finite(state[ours[key]]):  # a NaN / inf weight poisons every output
-                    raise ValueError(f"{path}: {key} " + ("holds NaN or inf" if not finite(t) else f"overflows {dtype}"))
+                    why = "holds NaN or inf" if not finite(t) else f"overflows {dtype}"
+                    raise ValueError(f"{path}: {key} {why}")
     return state
 
 
@@ -636,7 +642,8 @@ def checkpoint_names(folder):
     names = {n for n in os.listdir(folder) if n in ("model.safetensors", "model.safetensors.index.json")
              or re.fullmatch(r"model-\d+-of-\d+\.safetensors", n)}
     try:
-        weight_map = read_json(os.path.join(folder, "model.safetensors.index.json"), required=False)["weight_map"]
+        index = read_json(os.path.join(folder, "model.safetensors.index.json"), required=False)
+        weight_map = index["weight_map"]
         names |= {n for n in weight_map.values() if isinstance(n, str) and "/" not in n and "\\" not in n
                   and n not in ("", ".", "..") and os.path.isfile(os.path.join(folder, n))}
     except (KeyError, TypeError, ValueError):  # no index, or one loading would refuse anyway

@@ -11,8 +11,14 @@ Differences from Hugging Face:
 - tiktoken uses its rank both as merge priority and as the id. When ids rise with merge order
   (Qwen3) rank = id; otherwise ranks are 256 + merge index and encode maps ranks to ids through
   a lookup array, so both cases are exact (`ranks_are_ids` says which one a file got).
-- tiktoken emits a pre-token that is itself a token without running merges: exact as long as BPE
-  on every merge result ends in that result (true for all 151,387 Qwen3 merges; not checked at load).
+- tiktoken joins any two adjacent parts whose concatenation has a rank, and emits a pre-token that
+  is itself a token without merging; Hugging Face joins only listed pairs. Both agree exactly when
+  BPE on every merge result ends in that result (true for all 151,387 Qwen3 merges): checked at
+  load (merges_rebuild_themselves), and a file that fails it is refused.
+- encode_chat encodes special-token text inside message content as plain text (Hugging Face would
+  make it the special token, so a question could close its turn or inject [MASK]).
+- a pre-token tiktoken's regex engine cannot match (1 MB of spaces overflows its backtracking
+  stack) is found by the `regex` module instead: the same ids, no error.
 - added-token flags lstrip / rstrip / single_word / normalized are not modelled; NFC runs on the
   whole text, added tokens included (they are ASCII in both families).
 - the post-processor is ignored: encode never adds BOS / EOS (the LLaDA template writes its BOS);
@@ -130,6 +136,30 @@ def merges_rebuild_themselves(pieces, pairs):
     return sorted(bad)
 
 
+def read_merges(merges, vocab, id_bytes, b2u, path):
+    """{merge result: merge index}, in merge order, for merges that tiktoken reproduces exactly."""
+    made, split = {}, []  # merge result -> merge index, in merge order; each merge's (left, right)
+    for i, m in enumerate(merges):  # "a b" strings in older files, [a, b] lists in newer ones
+        pair = m.split(" ") if isinstance(m, str) else m
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
+            raise ValueError(f"{path}: merge {i} is {m!r}, not a pair of token strings")
+        a, b = pair
+        if a not in vocab or b not in vocab or a + b not in vocab:
+            raise ValueError(f"{path}: merge {i} {a!r} {b!r} uses or makes a token missing from the vocabulary")
+        if a + b in made:  # Hugging Face ranks pairs but tiktoken ranks strings: one rank per string
+            raise ValueError(f"{path}: merges {made[a + b]} and {i} both make {a + b!r}")
+        made[a + b] = i
+        split.append((a, b))
+    dense = {**{c: b for b, c in b2u.items()}, **{t: 256 + i for t, i in made.items()}}  # else -1: unmade
+    bad = merges_rebuild_themselves([id_bytes[vocab[t]] for t in made],
+                                    [(dense.get(a, -1), dense.get(b, -1)) for a, b in split])
+    if bad:  # tiktoken would emit such a token for its own bytes (or join it from another split): HF never
+        a, b = split[bad[0]]
+        raise ValueError(f"{path}: merge {bad[0]} {a!r} {b!r}: Hugging Face's BPE on {a + b!r} does not end "
+                         f"in that token, so tiktoken cannot reproduce these merges ({len(bad)} such merges)")
+    return made
+
+
 def bpe_tables(vocab, merges, added, path):
     """tiktoken's ranks and special tokens, the rank -> id array (None when rank = id) and the bytes
     of every id. Raises on anything that would make tiktoken disagree with Hugging Face's BPE."""
@@ -140,7 +170,8 @@ def bpe_tables(vocab, merges, added, path):
                         if isinstance(t, dict) else (t, None) for t in added))):
         for text, i in items:
             if not isinstance(text, str) or not is_id(i):
-                raise ValueError(f"{path}: {what} entry {text!r}: {i!r} is not a token string with an id >= 0")
+                raise ValueError(f"{path}: {what} entry {text!r}: {i!r} is not a token string with an "
+                                 "id >= 0")
     # str.translate undoes b2u; a byte's own character that b2u moved away becomes U+FFFF, so the
     # latin-1 encode fails on every character outside the byte-level alphabet
     undo = {**{ord(c): b for b, c in b2u.items()}, **{b: 0xFFFF for b, c in b2u.items() if c != chr(b)}}
@@ -155,25 +186,7 @@ def bpe_tables(vocab, merges, added, path):
     missing = [b for b in range(256) if b2u[b] not in vocab]
     if missing:  # tiktoken needs every single byte to fall back on
         raise ValueError(f"{path}: byte 0x{missing[0]:02x} ({b2u[missing[0]]!r}) has no token")
-    made, split = {}, []  # merge result -> merge index, in merge order; each merge's (left, right)
-    for i, m in enumerate(merges):  # "a b" strings in older files, [a, b] lists in newer ones
-        pair = m.split(" ") if isinstance(m, str) else m
-        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
-            raise ValueError(f"{path}: merge {i} is {m!r}, not a pair of token strings")
-        a, b = pair
-        if a not in vocab or b not in vocab or a + b not in vocab:
-            raise ValueError(f"{path}: merge {i} {a!r} {b!r} uses or makes a token missing from the vocabulary")
-        if a + b in made:  # Hugging Face ranks pairs but tiktoken ranks strings: one rank per string
-            raise ValueError(f"{path}: merges {made[a + b]} and {i} both make {a + b!r}")
-        made[a + b] = i
-        split.append((a, b))
-    dense = {**{c: b for b, c in b2u.items()}, **{t: 256 + i for t, i in made.items()}}  # -1: no merge makes it
-    bad = merges_rebuild_themselves([id_bytes[vocab[t]] for t in made],
-                                    [(dense.get(a, -1), dense.get(b, -1)) for a, b in split])
-    if bad:  # tiktoken would emit such a token for its own bytes (or join it from another split): HF never
-        a, b = split[bad[0]]
-        raise ValueError(f"{path}: merge {bad[0]} {a!r} {b!r}: Hugging Face's BPE on {a + b!r} does not end in "
-                         f"that token, so tiktoken cannot reproduce these merges ({len(bad)} such merges)")
+    made = read_merges(merges, vocab, id_bytes, b2u, path)
     made_ids, byte_ids = [vocab[t] for t in made], [vocab[b2u[b]] for b in range(256)]
     # only bytes and merge results get ranks: Hugging Face's BPE can never produce any other token,
     # but tiktoken would emit it on a whole-pre-token match; the others only get decode bytes
@@ -259,7 +272,8 @@ class Tokenizer:
         rendered template); False: it is plain text (what a user wrote: see encode_chat)."""
         text = unicodedata.normalize("NFC", text) if self.nfc else text
         try:
-            ranks = self._enc.encode(text, allowed_special="all" if specials else set(), disallowed_special=())
+            ranks = self._enc.encode(text, allowed_special="all" if specials else set(),
+                                     disallowed_special=())
         except ValueError as e:  # fancy-regex's backtracking stack overflows, e.g. on 1 MB of spaces
             if "regex" not in str(e).lower():
                 raise

@@ -344,14 +344,14 @@ def load_state(folder, net, opt):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # torn, truncated or not ours: say so instead of a traceback
-            raise SystemExit(f"{path}: cannot resume from it ({type(e).__name__}); rerun with --fresh to start "
-                             "over") from None
+            raise SystemExit(f"{path}: cannot resume from it ({type(e).__name__}); rerun with --fresh to "
+                             "start over") from None
     set_state_dict(unwrapped(net), opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
     return state["step"]
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-                   "added_tokens.json", "chat_template.jinja", "generation_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                   "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json")
 
 
 def state_dir(out):
@@ -360,7 +360,8 @@ def state_dir(out):
     nothing there, and the folder changes only at the final export."""
     if not M.inside(out, M.EMBEDDED):
         return out
-    return os.path.join(M.REPO, "runs", "state", os.path.relpath(os.path.realpath(out), os.path.realpath(M.EMBEDDED)))
+    name = os.path.relpath(os.path.realpath(out), os.path.realpath(M.EMBEDDED))
+    return os.path.join(M.REPO, "runs", "state", name)
 
 
 def fingerprint(name_or_path):
@@ -397,8 +398,9 @@ def claim_out(out, settings, overwrite=False, fresh=False, inputs=()):
             return state, not fresh
         if not overwrite:
             diff = ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v)
-            raise SystemExit(f"--out {out}: holds a run with other settings ({diff or 'unreadable run.json'}); rerun "
-                             "with those to resume it, or pass --overwrite to start this one over it")
+            diff = diff or "unreadable run.json"
+            raise SystemExit(f"--out {out}: holds a run with other settings ({diff}); "
+                             "rerun with those to resume it, or pass --overwrite to start this one over it")
         return state, False
     M.check_out_folder(out, overwrite)
     if state != out:  # a run of a models/ folder left without its record: not ours to resume
@@ -407,7 +409,7 @@ def claim_out(out, settings, overwrite=False, fresh=False, inputs=()):
 
 
 def begin_run(state, settings, resume):
-    """Rank 0, once every check has passed: a new run drops any earlier train state and records its settings."""
+    """Rank 0, once every check has passed: a new run drops earlier train state and records its settings."""
     if resume:
         return
     for name in ("train_state.pt", "train_state.pt.tmp", "run.json"):
@@ -479,7 +481,8 @@ def export(net, cfg, out, rank, dtype=torch.bfloat16, tokenizer_from=None):
         if cfg.tie_embeddings:
             final.lm_head.weight = final.embed_tokens.weight
         M.save_pretrained(final, out)
-        for name in TOKENIZER_FILES if tokenizer_from and os.path.realpath(tokenizer_from) != os.path.realpath(out) else ():
+        same = not tokenizer_from or os.path.realpath(tokenizer_from) == os.path.realpath(out)
+        for name in () if same else TOKENIZER_FILES:
             src, dst = os.path.join(tokenizer_from, name), os.path.join(out, name)
             if os.path.isfile(src):
                 shutil.copy(src, dst + ".tmp")
@@ -559,17 +562,19 @@ def main():
     args = ap.parse_args()
     sdar = args.family == "sdar"
     args.steps = args.steps or (3000 if args.family == "llada" else 1800)
-    args.n_kv_head, args.length = args.n_kv_head or (args.n_head // 2 if sdar else args.n_head), args.length or (96 if sdar else 56)
-    sizes = ("steps", "batch_size", "grad_accum", "save_every", "n_embd", "n_layer", "n_head", "n_kv_head", "length", "block_size")
-    bad = next((k for k in sizes if getattr(args, k) <= 0), None)
+    args.n_kv_head = args.n_kv_head or (args.n_head // 2 if sdar else args.n_head)
+    args.length = args.length or (96 if sdar else 56)
+    shape = ("n_embd", "n_layer", "n_head", "n_kv_head", "length", "block_size")
+    loop = ("steps", "batch_size", "grad_accum", "save_every")
+    bad = next((k for k in loop + shape if getattr(args, k) <= 0), None)
     if bad or args.n_embd % args.n_head or args.n_head % args.n_kv_head or not args.lr > 0:
-        raise SystemExit(f"--{bad.replace('_', '-')} must be > 0" if bad else "need --lr > 0, --n-head dividing --n-embd "
-                         "and --n-kv-head dividing --n-head")
+        raise SystemExit(f"--{bad.replace('_', '-')} must be > 0" if bad else
+                         "need --lr > 0, --n-head dividing --n-embd and --n-kv-head dividing --n-head")
     if args.threads:
         torch.set_num_threads(args.threads)
     rank, world, device = setup_distributed(args.device)
-    settings = loop_settings(args, world, command="train.py", family=args.family, **{k: getattr(args, k) for k in (
-        "n_embd", "n_layer", "n_head", "n_kv_head", "length", "block_size")})
+    settings = loop_settings(args, world, command="train.py", family=args.family,
+                             **{k: getattr(args, k) for k in shape})
     state, resume = claim_out(args.out, settings, args.overwrite, args.fresh)
     print(f"rank {rank}/{world}: device={device} amp={args.amp or 'off (float32)'} threads={torch.get_num_threads()}")
     if rank == 0:
@@ -594,8 +599,8 @@ def main():
     if rank == 0:
         print(f"{args.family}: {sum(p.numel() for p in net.parameters()):,} parameters, vocab {tok.vocab_size} (padded {vocab})")
     model = parallelize(net.to(device), world, args.fsdp, args.checkpointing)
-    fit(model, cfg, tok, args, args.out, rank, world, device, args.length, args.block_size, f"train {args.family}",
-        state=state, tokenizer_from=state)
+    fit(model, cfg, tok, args, args.out, rank, world, device, args.length, args.block_size,
+        f"train {args.family}", state=state, tokenizer_from=state)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ GPUs for the real checkpoints (torchrun DDP/FSDP2, bf16 autocast, gradient accum
 checkpointing: the loop is train.py's).
 
   stage 1   python train_residual.py reference --base models/tiny-sdar --out runs/tiny-sdar-ref
-  stage 2   python train_residual.py rcd --base models/tiny-sdar --reference runs/tiny-sdar-ref --out runs/tiny-sdar-rcd
+  stage 2   python train_residual.py rcd --base models/tiny-sdar --reference runs/tiny-sdar-ref \\
+                --out runs/tiny-sdar-rcd
   baseline  python train_residual.py seqd --base models/tiny-sdar --out runs/tiny-sdar-seqd
   (--out models/... replaces a committed model only with --overwrite; a run's settings are kept in run.json
   and a resume with other ones is refused; Ctrl-C, then the same command, resumes.)
@@ -99,9 +100,12 @@ def main():
         raise SystemExit(f"--alpha-scale {args.alpha_scale}: only for the rcd stage, and >= 0")
     rank, world, device = train.setup_distributed(args.device)
     base = train.or_exit(M.resolve, args.base)
-    inputs = [("--base", base)] + ([("--reference", train.or_exit(M.resolve, args.reference))] if args.reference else [])
-    settings = train.loop_settings(args, world, command="train_residual.py", stage=args.stage, **{k: getattr(args, k)
-                                   for k in ("length", "block_size", "alpha_scale", "dtype")},
+    inputs = [("--base", base)]
+    if args.reference:
+        inputs.append(("--reference", train.or_exit(M.resolve, args.reference)))
+    settings = train.loop_settings(args, world, command="train_residual.py", stage=args.stage,
+                                   **{k: getattr(args, k) for k in ("length", "block_size", "alpha_scale",
+                                                                   "dtype")},
                                    **{flag[2:]: train.fingerprint(path) for flag, path in inputs},
                                    data=args.data and train.or_exit(train.file_hash, args.data))
     state, resume = train.claim_out(args.out, settings, args.overwrite, args.fresh, inputs)  # before any load
@@ -113,7 +117,8 @@ def main():
     tok = train.or_exit(load_tokenizer, base)
     ref = None
     if args.reference:
-        ref = train.or_exit(M.from_pretrained, args.reference, device, torch.bfloat16 if args.amp else dtype).eval()
+        ref_dtype = torch.bfloat16 if args.amp else dtype
+        ref = train.or_exit(M.from_pretrained, args.reference, device, ref_dtype).eval()
         ref.requires_grad_(False)
         if ref.config.vocab_size != cfg.vocab_size or ref.config.mask_token_id != cfg.mask_token_id:
             raise SystemExit(f"{args.reference}: vocabulary/mask id differ from {args.base}; RCD needs the same tokenizer")
