@@ -474,10 +474,14 @@ def resolve(name_or_path):
     if os.path.isdir(path):
         return path
     if inside(path, EMBEDDED):
-        have = ", ".join(sorted(os.listdir(EMBEDDED))) if os.path.isdir(EMBEDDED) else "none"
+        name = os.path.relpath(os.path.realpath(path), os.path.realpath(EMBEDDED))
+        made = {"tiny-llada": "train.py --family llada",
+                "tiny-sdar": "train.py --family sdar --block-size 32"}
+        how = f"`python {made[name]} --out models/{name}`" if name in made else "the command README.md gives"
+        have = ", ".join(sorted(os.listdir(EMBEDDED))) if os.path.isdir(EMBEDDED) else ""
         raise FileNotFoundError(f"{name_or_path}: no such folder; the embedded models are committed: restore "
-                                f"one with `git checkout -- models/NAME` (README.md shows the command that "
-                                f"made each; here: {have})")
+                                f"it with `git checkout -- models/{name}`, or make it with {how} "
+                                f"(models/ holds: {have or 'nothing'})")
     first = path.split("/")[0]
     if (os.path.exists(path) or path.startswith((".", "/")) or os.path.isdir(first)
             or not re.fullmatch(r"[\w.-]+/[\w.-]+", path)):

@@ -156,14 +156,20 @@ def test_command_lines_print_one_line_for_every_bad_checkpoint(tmp_path):
             assert code and "\n" not in line and folder in line, (name, script, line)
 
 
-@pytest.mark.parametrize("path, words", [("./nope/model", "no such folder"), ("models/nope", "git checkout"),
-                                         ("~/nope/model", "no such folder"), ("a/b/c", "no such folder")])
+@pytest.mark.parametrize("path, words", [("./nope/model", "no such folder"), ("~/nope/model", "no such folder"),
+                                         ("models/nope", "git checkout -- models/nope"), ("a/b/c", "no such folder")])
 def test_local_path_typo_never_tries_the_hub(path, words, monkeypatch):
     monkeypatch.chdir(ROOT)  # where models/ exists, as for a user in the repository
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # any download attempt would raise ImportError
     with pytest.raises(FileNotFoundError, match=words):
         M.resolve(path)
     assert cli("decode.py", "--model", path, "--prompt", "x")[1].startswith(path.split("/")[0])
+
+def test_a_missing_embedded_model_says_how_to_make_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(M, "EMBEDDED", str(tmp_path / "models"))
+    with pytest.raises(FileNotFoundError, match=r"make it with `python train.py --family llada --out "
+                                                r"models/tiny-llada`"):
+        M.resolve(str(tmp_path / "models" / "tiny-llada"))
 
 # ---------------------------------------------------------------------------------------------------
 # bad tokenizer files: wrong JSON types, and merges tiktoken cannot reproduce
