@@ -516,7 +516,8 @@ def checkpoint_files(folder):
     from safetensors import safe_open
     index = os.path.join(folder, "model.safetensors.index.json")
     if os.path.isfile(index):
-        weight_map = read_json(index).get("weight_map") if isinstance(read_json(index), dict) else None
+        data = read_json(index)
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
             raise ValueError(f"{index}: no weight_map (an object of tensor name -> shard file)")
         for key, shard in weight_map.items():  # lexically inside the folder (hub snapshots are symlinks)

@@ -414,7 +414,10 @@ def begin_run(state, settings, resume):
         return
     for name in ("train_state.pt", "train_state.pt.tmp", "run.json"):
         path = os.path.join(state, name)
-        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path) if os.path.exists(path) else None
+        if os.path.isdir(path):  # FSDP's train state is a folder of shards
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
     os.makedirs(state, exist_ok=True)
     with open(os.path.join(state, "run.json.tmp"), "w") as f:
         json.dump(settings, f, indent=1)
