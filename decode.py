@@ -180,10 +180,14 @@ def generate(model, prompt, steps=128, gen_length=128, block_length=128, tempera
     if block_length <= 0 or gen_length <= 0 or gen_length % block_length:
         raise ValueError(f"gen_length ({gen_length}) must be a positive multiple of block_length ({block_length})")
     num_blocks = gen_length // block_length
-    if threshold is None and (steps <= 0 or steps % num_blocks):
-        raise ValueError(f"steps ({steps}) must be a positive multiple of the number of blocks ({num_blocks})")
-    if threshold is not None and not 0 < threshold <= 1 or temperature < 0 or cfg_scale < 0:
-        raise ValueError(f"threshold {threshold} must be in (0, 1]; temperature {temperature}, cfg_scale {cfg_scale} >= 0")
+    if threshold is None and (steps <= 0 or steps % num_blocks or steps > gen_length):
+        raise ValueError(f"steps ({steps}) must be a positive multiple of the number of blocks "
+                         f"({num_blocks}), at most gen_length ({gen_length}): a step commits at least one "
+                         "token")
+    if threshold is not None and not 0 < threshold <= 1:
+        raise ValueError(f"threshold {threshold} must be in (0, 1]")
+    if not (0 <= temperature < math.inf and 0 <= cfg_scale < math.inf):
+        raise ValueError(f"temperature {temperature} and cfg_scale {cfg_scale} must be finite and >= 0")
     rows = as_rows(prompt)
     check_prompt(rows, mask_id, gen_length, None if feed else cfg.max_seq_len)
     device = model.lm_head.weight.device
@@ -364,8 +368,11 @@ def block_generate(model, prompt, gen_length=128, block_length=4, denoising_step
         raise ValueError(f"remasking {remasking!r}: expected 'low_confidence' (static/dynamic by threshold) or 'sequential'")
     if L <= 0 or gen_length <= 0 or not 0 < denoising_steps <= (gen_length if llada2 else L):
         raise ValueError(f"need gen_length ({gen_length}) > 0 and 0 < denoising_steps ({denoising_steps}) <= block_length ({L})")
-    if not 0 < threshold <= 1 or temperature < 0:
-        raise ValueError(f"threshold {threshold} must be in (0, 1] and temperature {temperature} >= 0")
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold {threshold} must be in (0, 1]")
+    if not (0 <= temperature < math.inf and 0 < top_p <= 1 and top_k >= 0):
+        raise ValueError(f"temperature {temperature} must be finite and >= 0, top_p {top_p} in (0, 1], "
+                         f"top_k {top_k} >= 0")
     rows = as_rows(prompt)
     check_prompt(rows, mask_id, gen_length, cfg.max_seq_len)
     device = model.lm_head.weight.device
@@ -439,24 +446,34 @@ if __name__ == "__main__":
                     help="default: the checkpoint's dtype on CUDA, float32 on CPU")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
-    net = model_lib.from_pretrained(args.model, args.device, getattr(torch, args.dtype) if args.dtype else None)
-    tok = tokenizer_lib.load_tokenizer(model_lib.resolve(args.model))
-    text = tok.apply_chat_template([{"role": "user", "content": args.prompt}]) if args.chat else args.prompt
-    ids = torch.tensor(tok.encode(text))
+
+    def or_exit(fn, *a, **kw):  # bad input (a checkpoint, a tokenizer, an argument): one line, no traceback
+        try:
+            return fn(*a, **kw)
+        except (KeyError, ValueError, OSError) as e:
+            raise SystemExit(str(e.args[0] if e.args else e)) from None
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    net = or_exit(model_lib.from_pretrained, args.model, args.device, dtype)
+    tok = or_exit(tokenizer_lib.load_tokenizer, model_lib.resolve(args.model))
+    chat = [{"role": "user", "content": args.prompt}]  # its special-token text stays text (encode_chat)
+    ids = torch.tensor(or_exit(tok.encode_chat, chat) if args.chat else tok.encode(args.prompt))
     mask_id, llada = net.config.mask_token_id, net.config.family == "llada"
-    gen_length = args.gen_length or (128 if llada else 256)
+    given = lambda v, default: default if v is None else v  # 0 is an answer, not "the default"
+    gen_length = given(args.gen_length, 128 if llada else 256)
     start = len(ids)  # batch of one: no padding in either decoder, generation starts right after the prompt
     on_step = (lambda x: show_canvas(tok, x, start, start + gen_length, mask_id, args.show_delay)) if args.show else None
     if llada:
-        block = args.block_length or min(32, gen_length)
-        x, stats = generate(net, ids, steps=args.steps or gen_length, gen_length=gen_length, block_length=block,
-                            temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking,
-                            threshold=args.threshold, cache=args.cache, on_step=on_step)
+        block = given(args.block_length, min(32, gen_length))
+        x, stats = or_exit(generate, net, ids, steps=given(args.steps, gen_length), gen_length=gen_length,
+                           block_length=block, temperature=args.temperature, cfg_scale=args.cfg_scale,
+                           remasking=args.remasking, threshold=args.threshold, cache=args.cache,
+                           on_step=on_step)
     else:
-        block = args.block_length or net.config.block_size
-        x, stats = block_generate(net, ids, gen_length=gen_length, block_length=block, denoising_steps=args.steps or block,
-                                  threshold=args.threshold or 1.0, temperature=args.temperature, remasking=args.remasking,
-                                  use_cache=not args.no_cache, on_step=on_step)
+        block = given(args.block_length, net.config.block_size)
+        x, stats = or_exit(block_generate, net, ids, gen_length=gen_length, block_length=block,
+                           denoising_steps=given(args.steps, block), threshold=given(args.threshold, 1.0),
+                           temperature=args.temperature, remasking=args.remasking,
+                           use_cache=not args.no_cache, on_step=on_step)
     s, n = stats["gen_start"][0], stats["gen_tokens"][0]
     print(tok.decode(x[0, s:s + n].tolist()))
     print(f"\n{n} tokens, nfe {stats['nfe']}, {stats['tokens_per_forward']:.2f} tokens/forward, "

@@ -28,6 +28,7 @@ How it differs from those files:
   - padding is a boolean key mask instead of an additive finfo.min bias: same softmax weights.
 """
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, replace
@@ -324,12 +325,68 @@ LLADA_FIXED = {"block_type": "llama", "layer_norm_type": "rms", "activation_type
                "bias_for_layer_norm": False}  # what LLaDA-8B uses; anything else we refuse rather than misread
 
 
+# config.json fields checked before use, named as in the file (both families' names)
+SIZE_FIELDS = ("d_model", "n_heads", "n_kv_heads", "n_layers", "mlp_hidden_size", "mlp_ratio", "vocab_size",
+               "embedding_size", "max_sequence_length", "hidden_size", "num_attention_heads",
+               "num_key_value_heads", "num_hidden_layers", "head_dim", "intermediate_size",
+               "max_position_embeddings", "block_size")
+ID_FIELDS = ("mask_token_id", "eos_token_id", "pad_token_id", "eot_token_id")
+FLAG_FIELDS = ("weight_tying", "tie_word_embeddings", "rope_full_precision")
+
+
+def is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_fields(hf, where):
+    """Refuse, in one line naming the field, what would otherwise break later or be misread."""
+    if not isinstance(hf, dict):
+        raise ValueError(f"{where}: expected a JSON object, got a {type(hf).__name__}")
+    for key in SIZE_FIELDS:
+        if hf.get(key) is not None and not (is_int(hf[key]) and hf[key] > 0):
+            raise ValueError(f"{where}: {key} must be a positive integer, got {hf[key]!r}")
+    for key in ("rope_theta", "rms_norm_eps"):
+        v = hf.get(key)
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if v is not None and not (number and 0 < v < math.inf):
+            raise ValueError(f"{where}: {key} must be a positive number, got {v!r}")
+    for key in ID_FIELDS:
+        v = hf.get(key)
+        if v is not None and not all(is_int(i) and i >= 0 for i in (v if isinstance(v, list) else [v])):
+            raise ValueError(f"{where}: {key} must be a token id (an integer >= 0) or a list of them, "
+                             f"got {v!r}")
+    for key in FLAG_FIELDS:
+        if hf.get(key) is not None and not isinstance(hf[key], bool):
+            raise ValueError(f"{where}: {key} must be true or false, got {hf[key]!r}")
+
+
+def check_shape(cfg, hf, where):
+    """Head counts that divide, and special ids inside the vocabulary (names as in config.json)."""
+    llada = cfg.family == "llada"
+    heads, kv, hidden = (("n_heads", "n_kv_heads", "d_model") if llada else
+                         ("num_attention_heads", "num_key_value_heads", "hidden_size"))
+    if (llada or not hf.get("head_dim")) and cfg.n_embd % cfg.n_head:
+        raise ValueError(f"{where}: {heads} {cfg.n_head} does not divide {hidden} {cfg.n_embd}")
+    if cfg.n_head % cfg.n_kv_head:
+        raise ValueError(f"{where}: {kv} {cfg.n_kv_head} does not divide {heads} {cfg.n_head}")
+    vocab = "embedding_size" if llada and hf.get("embedding_size") else "vocab_size"
+    eos = hf.get("eos_token_id")
+    given = [("mask_token_id", cfg.mask_token_id), ("eos_token_id", cfg.eos_token_id),
+             *(("eos_token_id", i) for i in (eos if isinstance(eos, list) else []))]
+    for name, i in given:  # (other stop ids are only compared with, never embedded: harmless)
+        if not 0 <= i < cfg.vocab_size:
+            raise ValueError(f"{where}: {name} {i} is outside the vocabulary ({vocab} {cfg.vocab_size})")
+
+
 def config_from_hf(hf, where="config.json", stop_ids=()):
     """Config from an official config.json (stop_ids: generation_config.json's eos ids, if any)."""
+    check_fields(hf, where)
     try:
-        return _config_from_hf(hf, where, stop_ids)
+        cfg = _config_from_hf(hf, where, stop_ids)
     except KeyError as e:
         raise ValueError(f"{where}: missing field {e}") from None
+    check_shape(cfg, hf, where)
+    return cfg
 
 
 def _config_from_hf(hf, where, stop_ids):
@@ -475,15 +532,45 @@ def rename(key, table):
             return dst.format(*m.groups())
     return None
 
+def official_name(ours, table):
+    """The inverse of rename: our name -> the checkpoint's key (for messages about missing keys)."""
+    for src, dst in table.items():
+        m = re.fullmatch(re.escape(dst).replace(r"\{\}", r"(\d+)"), ours)
+        if m:
+            return src.format(*m.groups())
+    return ours
+
 # -----------------------------------------------------------------------------
 # Loading and saving
 
 
+REPO = os.path.dirname(os.path.abspath(__file__))
+EMBEDDED = os.path.join(REPO, "models")  # the committed embedded models
+
+
+def inside(path, folder):
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path != folder and os.path.commonpath([path, folder]) == folder
+
+
 def resolve(name_or_path):
-    """A local folder, or a Hugging Face repo id fetched (or found in the cache when offline)."""
-    if os.path.isdir(name_or_path):
-        return name_or_path
-    if os.path.exists(name_or_path) or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
+    """A local folder, or a Hugging Face repo id fetched (or found in the cache when offline). A path that
+    cannot be a repo id, or whose first folder exists here (`models/nope`), is a typo, not a download."""
+    path = os.path.expanduser(name_or_path)
+    if os.path.isdir(path):
+        return path
+    if inside(path, EMBEDDED):
+        name = os.path.relpath(os.path.realpath(path), os.path.realpath(EMBEDDED))
+        made = {"tiny-llada": "train.py --family llada",
+                "tiny-sdar": "train.py --family sdar --block-size 32"}
+        how = f"`python {made[name]} --out models/{name}`" if name in made else "the command README.md gives"
+        have = ", ".join(sorted(os.listdir(EMBEDDED))) if os.path.isdir(EMBEDDED) else ""
+        raise FileNotFoundError(f"{name_or_path}: no such folder; the embedded models are committed: restore "
+                                f"it with `git checkout -- models/{name}`, or make it with {how} "
+                                f"(models/ holds: {have or 'nothing'})")
+    first = path.split("/")[0]
+    if (os.path.exists(path) or path.startswith((".", "/")) or os.path.isdir(first)
+            or not re.fullmatch(r"[\w.-]+/[\w.-]+", path)):
         raise FileNotFoundError(f"{name_or_path}: no such folder (and not a Hugging Face repo id 'owner/name')")
     from huggingface_hub import snapshot_download
     patterns = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
@@ -515,8 +602,14 @@ def checkpoint_files(folder):
     from safetensors import safe_open
     index = os.path.join(folder, "model.safetensors.index.json")
     if os.path.isfile(index):
-        with open(index) as f:
-            weight_map = json.load(f)["weight_map"]
+        data = read_json(index)
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ValueError(f"{index}: no weight_map (an object of tensor name -> shard file)")
+        for key, shard in weight_map.items():  # lexically inside the folder (hub snapshots are symlinks)
+            if not isinstance(shard, str) or os.path.isabs(shard) or ".." in re.split(r"[/\\]", shard):
+                raise ValueError(f"{index}: weight_map entry {key!r} -> {shard!r} is not a file in the "
+                                 "folder")
         shards = {s: os.path.join(folder, s) for s in set(weight_map.values())}
     elif os.path.isfile(os.path.join(folder, "model.safetensors")):
         shards, weight_map = {"model.safetensors": os.path.join(folder, "model.safetensors")}, None
@@ -538,6 +631,12 @@ def checkpoint_files(folder):
     return where
 
 
+def finite(t):
+    """No NaN or inf in t: min and max propagate NaN, so two reductions (no full-size temporary) and one
+    host sync per tensor, at load time only."""
+    return t.numel() == 0 or bool(torch.isfinite(torch.stack(torch.aminmax(t))).all())
+
+
 def read_state(where, table, want, device, dtype, what):
     """{our name: tensor} for the checkpoint keys in `where` ({key: file}), through a key table: every name in
     `want` ({name: shape}) must arrive with its shape, and no key may be left unmapped."""
@@ -546,16 +645,23 @@ def read_state(where, table, want, device, dtype, what):
     unknown = sorted(k for k, v in ours.items() if v not in want)
     missing = sorted(set(want) - set(ours.values()))
     if unknown or missing:
+        missing = [official_name(k, table) for k in missing]  # named as the checkpoint would name them
         raise KeyError(f"{what}: unknown keys {unknown[:4]}{'...' if len(unknown) > 4 else ''}, "
                        f"missing keys {missing[:4]}{'...' if len(missing) > 4 else ''}")
     state = {}
     for path in sorted(set(where.values())):
         with safe_open(path, "pt") as f:
             for key in (k for k in f.keys() if k in ours):
-                shape = tuple(f.get_slice(key).get_shape())
+                shape, stored = tuple(f.get_slice(key).get_shape()), f.get_slice(key).get_dtype()
                 if shape != tuple(want[ours[key]]):
                     raise ValueError(f"{path}: {key} has shape {list(shape)}, expected {list(want[ours[key]])}")
-                state[ours[key]] = f.get_tensor(key).to(device=device, dtype=dtype)
+                if not stored.startswith(("F", "BF")):  # an integer or bool tensor is no weight
+                    raise ValueError(f"{path}: {key} holds {stored} values; weights must be floating point")
+                t = f.get_tensor(key)
+                state[ours[key]] = t.to(device=device, dtype=dtype)
+                if not finite(state[ours[key]]):  # a NaN / inf weight poisons every output
+                    why = "holds NaN or inf" if not finite(t) else f"overflows {dtype}"
+                    raise ValueError(f"{path}: {key} {why}")
     return state
 
 
@@ -577,7 +683,10 @@ def from_pretrained(name_or_path, device=None, dtype=None, skip=()):
     (but of LLaDA2.0's experts, which are stacked). skip: key prefixes a caller loads itself (mrp.py: the
     `mrp_modules.` of an MRP checkpoint)."""
     folder = resolve(name_or_path)
-    gen = read_json(os.path.join(folder, "generation_config.json"), required=False).get("eos_token_id", [])
+    gen_path = os.path.join(folder, "generation_config.json")
+    gen = read_json(gen_path, required=False)
+    check_fields({"eos_token_id": gen.get("eos_token_id")} if isinstance(gen, dict) else gen, gen_path)
+    gen = gen.get("eos_token_id") or []
     cfg = config_from_hf(read_json(os.path.join(folder, "config.json")), os.path.join(folder, "config.json"),
                          gen if isinstance(gen, list) else [gen])
     where = {k: v for k, v in checkpoint_files(folder).items() if not k.startswith(tuple(skip))}
@@ -623,10 +732,52 @@ def official_state(model):
     return state
 
 
+def checkpoint_names(folder):
+    """The weight files a folder holds now: model.safetensors, its index, and the shards (by the official
+    naming pattern and by what the index names)."""
+    if not os.path.isdir(folder):
+        return set()
+    names = {n for n in os.listdir(folder) if n in ("model.safetensors", "model.safetensors.index.json")
+             or re.fullmatch(r"model-\d+-of-\d+\.safetensors", n)}
+    try:
+        index = read_json(os.path.join(folder, "model.safetensors.index.json"), required=False)
+        weight_map = index["weight_map"]
+        names |= {n for n in weight_map.values() if isinstance(n, str) and "/" not in n and "\\" not in n
+                  and n not in ("", ".", "..") and os.path.isfile(os.path.join(folder, n))}
+    except (KeyError, TypeError, ValueError):  # no index, or one loading would refuse anyway
+        pass
+    return names
+
+
+def check_out_folder(out, overwrite=False, inputs=(), flag="--out"):
+    """Refuse, in one line and before anything is written, to write a checkpoint into `out` when it holds
+    something already: a model (another one, or a committed embedded model under models/) or any other
+    files, unless `overwrite` (an explicit --overwrite). inputs: (flag, path) pairs the command reads
+    (--base, --reference, ...): writing over one of those is refused even with --overwrite."""
+    for name, path in inputs:
+        if path and os.path.isdir(path) and os.path.realpath(path) == os.path.realpath(out):
+            raise SystemExit(f"{flag} {out} is also {name}: the run would write over its own input; "
+                             f"choose another {flag}")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise SystemExit(f"{flag} {out}: is a file, not a folder")
+    if overwrite or not os.path.isdir(out) or not os.listdir(out):
+        return
+    try:
+        kind = read_json(os.path.join(out, "config.json"), required=False).get("model_type")
+    except (ValueError, AttributeError):
+        kind = None
+    what = (f"holds a {kind} model" if kind else f"is not empty ({len(os.listdir(out))} files)") + \
+        (", one of the committed embedded models" if inside(out, EMBEDDED) else "")
+    raise SystemExit(f"{flag} {out}: {what}; pass --overwrite to replace it, or choose another {flag} "
+                     f"(e.g. under runs/)")
+
+
 def save_pretrained(model, folder, max_shard_bytes=None, extra_tensors=None, extra_config=None):
     """Write config.json and model.safetensors (or shards + index) in the official format and key names,
     plus any extra tensors and config fields (an MRP head). Each file is written to a temporary name and
-    renamed, so an interrupted save never leaves a torn file."""
+    renamed, so an interrupted save never leaves a torn file; weight files of an earlier save that no
+    longer belong (a sharded checkpoint replaced by one file, or by fewer shards) are removed after the
+    new ones are in place, the old index first, so loading never reads a stale shard."""
     from safetensors.torch import save_file
     state = {**official_state(model), **(extra_tensors or {})}
     shards = [[]]
@@ -635,12 +786,19 @@ def save_pretrained(model, folder, max_shard_bytes=None, extra_tensors=None, ext
         if max_shard_bytes and shards[-1] and size + state[key].nbytes > max_shard_bytes:
             shards.append([])
         shards[-1].append(key)
+    stale = checkpoint_names(folder)
     os.makedirs(folder, exist_ok=True)
 
     def write(name, fn):
         tmp = os.path.join(folder, name + ".tmp")
         fn(tmp)
         os.replace(tmp, os.path.join(folder, name))
+
+    def dump(obj):
+        def fn(p):
+            with open(p, "w") as f:
+                json.dump(obj, f, indent=2)
+        return fn
     names = ["model.safetensors"] if len(shards) == 1 else \
         [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     for name, keys in zip(names, shards):
@@ -648,8 +806,11 @@ def save_pretrained(model, folder, max_shard_bytes=None, extra_tensors=None, ext
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(t.nbytes for t in state.values())},
                  "weight_map": {k: n for n, keys in zip(names, shards) for k in keys}}
-        write("model.safetensors.index.json", lambda p: json.dump(index, open(p, "w"), indent=2))
-    write("config.json", lambda p: json.dump({**config_to_hf(model.config), **(extra_config or {})}, open(p, "w"), indent=2))
+        write("model.safetensors.index.json", dump(index))
+        names.append("model.safetensors.index.json")
+    write("config.json", dump({**config_to_hf(model.config), **(extra_config or {})}))
+    for name in sorted(stale - set(names), key=lambda n: not n.endswith(".index.json")):  # the index first
+        os.remove(os.path.join(folder, name))
 
 
 if __name__ == "__main__":
@@ -660,7 +821,10 @@ if __name__ == "__main__":
     ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                     help="default: the checkpoint's dtype on CUDA, float32 on CPU")
     args = ap.parse_args()
-    m = from_pretrained(args.model, args.device, getattr(torch, args.dtype) if args.dtype else None)
+    try:  # a bad checkpoint is one line naming the file and the field or tensor
+        m = from_pretrained(args.model, args.device, getattr(torch, args.dtype) if args.dtype else None)
+    except (KeyError, ValueError, OSError) as e:
+        raise SystemExit(str(e.args[0] if e.args else e)) from None
     n = sum(p.numel() for p in m.parameters())
     ids = torch.tensor([[m.config.mask_token_id] * 8], device=m.lm_head.weight.device)
     with torch.no_grad():

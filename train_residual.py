@@ -4,9 +4,12 @@ Algorithm 1) and its SeqD baseline: on this CPU in minutes for the embedded mode
 GPUs for the real checkpoints (torchrun DDP/FSDP2, bf16 autocast, gradient accumulation, activation
 checkpointing: the loop is train.py's).
 
-  stage 1   python train_residual.py reference --base models/tiny-sdar --out models/tiny-sdar-ref
-  stage 2   python train_residual.py rcd --base models/tiny-sdar --reference models/tiny-sdar-ref --out models/tiny-sdar-rcd
-  baseline  python train_residual.py seqd --base models/tiny-sdar --out models/tiny-sdar-seqd
+  stage 1   python train_residual.py reference --base models/tiny-sdar --out runs/tiny-sdar-ref
+  stage 2   python train_residual.py rcd --base models/tiny-sdar --reference runs/tiny-sdar-ref \\
+                --out runs/tiny-sdar-rcd
+  baseline  python train_residual.py seqd --base models/tiny-sdar --out runs/tiny-sdar-seqd
+  (--out models/... replaces a committed model only with --overwrite; a run's settings are kept in run.json
+  and a resume with other ones is refused; Ctrl-C, then the same command, resumes.)
   GPUs      torchrun --nproc_per_node 8 train_residual.py rcd --base JetLM/SDAR-8B-Chat-b64 \\
                 --reference yuezhouhu/SeqD-SDAR-1.7B-b64-Thinking --data openr1_math.jsonl --block-size 64 \\
                 --length 8192 --batch-size 1 --grad-accum 12 --lr 1e-5 --amp bfloat16 --checkpointing --fsdp
@@ -27,8 +30,6 @@ lr 1e-5, warm-up 3%). Outputs are official-format checkpoints with the base mode
 """
 import argparse
 import json
-import os
-import shutil
 
 import torch
 import torch.distributed as dist
@@ -63,7 +64,11 @@ def read_pairs(path):
     with open(path) as f:
         for n, line in enumerate(f):
             if line.strip():
-                row = json.loads(line)
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    raise ValueError(f"{path} line {n + 1}: not a JSON record") from None
+                row = row if isinstance(row, dict) else {}
                 q, a = row.get("prompt", row.get("question")), row.get("response", row.get("answer"))
                 if not isinstance(q, str) or not isinstance(a, str):
                     raise ValueError(f"{path} line {n + 1}: needs string 'prompt'/'response' (or 'question'/'answer')")
@@ -94,28 +99,34 @@ def main():
     if args.alpha_scale != 1.0 and (args.stage != "rcd" or not args.alpha_scale >= 0):
         raise SystemExit(f"--alpha-scale {args.alpha_scale}: only for the rcd stage, and >= 0")
     rank, world, device = train.setup_distributed(args.device)
+    base = train.or_exit(M.resolve, args.base)
+    inputs = [("--base", base)]
+    if args.reference:
+        inputs.append(("--reference", train.or_exit(M.resolve, args.reference)))
+    settings = train.loop_settings(args, world, command="train_residual.py", stage=args.stage,
+                                   **{k: getattr(args, k) for k in ("length", "block_size", "alpha_scale",
+                                                                   "dtype")},
+                                   **{flag[2:]: train.fingerprint(path) for flag, path in inputs},
+                                   data=args.data and train.or_exit(train.file_hash, args.data))
+    state, resume = train.claim_out(args.out, settings, args.overwrite, args.fresh, inputs)  # before any load
+    pairs = train.or_exit(read_pairs, args.data) if args.data else None
     dtype = getattr(torch, args.dtype)
-    net = M.from_pretrained(args.base, device="cpu", dtype=dtype)
+    net = train.or_exit(M.from_pretrained, base, "cpu", dtype)
     cfg, family = net.config, net.config.family
     block_size = args.block_size or cfg.block_size
-    base = M.resolve(args.base)
-    tok = load_tokenizer(base)
+    tok = train.or_exit(load_tokenizer, base)
     ref = None
     if args.reference:
-        ref = M.from_pretrained(args.reference, device=device, dtype=torch.bfloat16 if args.amp else dtype).eval()
+        ref_dtype = torch.bfloat16 if args.amp else dtype
+        ref = train.or_exit(M.from_pretrained, args.reference, device, ref_dtype).eval()
         ref.requires_grad_(False)
         if ref.config.vocab_size != cfg.vocab_size or ref.config.mask_token_id != cfg.mask_token_id:
             raise SystemExit(f"{args.reference}: vocabulary/mask id differ from {args.base}; RCD needs the same tokenizer")
     if rank == 0:
-        os.makedirs(args.out, exist_ok=True)
-        for name in os.listdir(base):  # the tokenizer travels with the checkpoint
-            if name.startswith("tokenizer") or name in ("special_tokens_map.json", "vocab.json", "merges.txt",
-                                                       "chat_template.jinja", "generation_config.json"):
-                shutil.copy(os.path.join(base, name), args.out)
+        train.begin_run(state, settings, resume)  # the tokenizer travels with the checkpoint, at the export
         print(f"{args.stage}: {family} from {args.base}{' + reference ' + args.reference if ref else ''}, "
               f"{sum(p.numel() for p in net.parameters()):,} parameters, {world} process(es) on {device}")
     model = train.parallelize(net.to(device), world, args.fsdp, args.checkpointing)
-    pairs = read_pairs(args.data) if args.data else None
     decoder = None
     if args.stage == "rcd":  # measure the target as it will be used: with residuals (cold start)
         decoder = lambda net, prompts: residual.decode_rcd(net, prompts, gen_length=56, block_length=block_size if
@@ -123,8 +134,8 @@ def main():
     train.fit(model, cfg, tok, args, args.out, rank, world, device, args.length or (56 if family == "llada" else 96),
               block_size, f"{args.stage} {family}", sample=(lambda rng: rng.choice(pairs)) if pairs else tasks.tiny_problem,
               residual=residual_input(ref, family, block_size, cfg.mask_token_id, args.alpha_scale) if ref is not None else None,
-              decoder=decoder)
+              decoder=decoder, state=state, tokenizer_from=base)
 
 
 if __name__ == "__main__":
-    main()
+    train.interrupted(main)

@@ -65,13 +65,24 @@ def test_noise_is_stratified_and_spares_the_prompt():
 
 
 @pytest.mark.parametrize("family", ["llada", "sdar"])
-def test_training_resumes_exactly(tmp_path, family):
-    """Interrupted after 2 steps and resumed to 4 == 4 steps in one go (batches depend only on the step)."""
+def test_training_resumes_exactly(tmp_path, family, monkeypatch, capsys):
+    """Interrupted (Ctrl-C) after the state of step 2 is saved, then the same command: == 4 steps in one go
+    (batches depend only on the step). The interruption is one line, not a traceback."""
     common = ["train.py", "--family", family, "--steps", "4", *TINY, "--threads", "1"]
     run(*common, "--out", str(tmp_path / "straight"))
-    run(*common[:4], "2", *common[5:], "--out", str(tmp_path / "resumed"))   # --steps 2
+    save = train.save_state
+
+    def save_then_interrupt(folder, net, opt, step, rank):
+        save(folder, net, opt, step, rank)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "save_state", save_then_interrupt)
+    monkeypatch.setattr("sys.argv", common + ["--out", str(tmp_path / "resumed")])
+    with pytest.raises(SystemExit) as e:
+        train.interrupted(train.main)
+    assert e.value.code == 130
+    assert capsys.readouterr().err.splitlines()[-1] == "interrupted; rerun the same command to resume"
     out = run(*common, "--out", str(tmp_path / "resumed")).stdout
-    assert "resuming" in out
+    assert "resuming" in out and "at step 2" in out
     a = M.from_pretrained(str(tmp_path / "straight"), device="cpu")
     b = M.from_pretrained(str(tmp_path / "resumed"), device="cpu")
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
