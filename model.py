@@ -373,6 +373,8 @@ def check_shape(cfg, hf, where):
     eos = hf.get("eos_token_id")
     given = [("mask_token_id", cfg.mask_token_id), ("eos_token_id", cfg.eos_token_id),
              *(("eos_token_id", i) for i in (eos if isinstance(eos, list) else []))]
+    if cfg.family == "llada2" and "mask_token_id" not in hf:  # LLaDA2.0 names no mask id: generate is given
+        given = given[1:]                                       # one (its default belongs to the real vocab)
     for name, i in given:  # (other stop ids are only compared with, never embedded: harmless)
         if not 0 <= i < cfg.vocab_size:
             raise ValueError(f"{where}: {name} {i} is outside the vocabulary ({vocab} {cfg.vocab_size})")

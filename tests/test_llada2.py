@@ -200,7 +200,7 @@ def broken(tmp_path, edit_cfg=None, edit_sd=None):
 
 @pytest.mark.parametrize("what, edit_cfg, edit_sd, error, words", [
     ("missing expert", None, lambda sd: sd.pop("model.layers.2.mlp.experts.7.up_proj.weight"),
-     KeyError, "missing keys ['layers.2.mlp.experts.7.up_proj']"),
+     KeyError, "missing keys ['model.layers.2.mlp.experts.7.up_proj.weight']"),
     ("a bias", None, lambda sd: sd.update({"model.layers.0.attention.dense.bias": torch.zeros(32)}),
      KeyError, "unknown keys ['model.layers.0.attention.dense.bias']"),
     ("fused q/k/v of the wrong size", None,
