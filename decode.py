@@ -34,8 +34,8 @@ How they differ from the official code (token-for-token parity is checked by ../
   - Fast-dLLM's caches work for batches and with classifier-free guidance (the official: batch 1, no CFG);
   - a cached block that completes on its first step does not spend one more forward (nfe may be lower);
   - SDAR sampling draws with float64 Gumbel-max instead of torch.multinomial (same distribution);
-  - the loops ask the device one question per denoising step at most ("is the block done?"); counts stay
-    on the device until the end.
+  - the loops themselves ask the device one question per denoising step at most ("is the block done?");
+    counts stay on the device until the end.
 Extension points, used by the method files (they import from here, never the reverse):
   forward=  wraps every model call (RCD mixes residuals into the embeddings; Elastic-dLLM adds an anchor)
   feed=     chooses which canvas columns a LLaDA forward sees (Elastic-dLLM's compression)
@@ -318,7 +318,7 @@ def generate(model, prompt, steps=128, gen_length=128, block_length=128, tempera
         num_transfer_tokens = get_num_transfer_tokens(x[:, lo:hi] == mask_id, steps_per_block)
         for i in range(steps_per_block):
             block_masks = (x[:, lo:hi] == mask_id).any(1)
-            if fast and not block_masks.any():  # the step's one host sync: is the block done?
+            if fast and not block_masks.any():  # the loop's one host sync per step: is the block done?
                 break
             s, t = cache_span(cache, i, a, e, len(cols))
             span = cols[s:t]
@@ -401,7 +401,7 @@ def denoise_block(st, lo, hi):
     (static when threshold >= 1), then the store pass."""
     for quota in st.quota:
         block_masks = ((st.x[:, lo:hi] == st.model.config.mask_token_id) & st.active[:, None]).any(1)
-        if not block_masks.any():  # the step's one host sync: is the block done?
+        if not block_masks.any():  # the loop's one host sync per step: is the block done?
             break
         x0, confidence = block_confidence(st, block_logits(st, lo, hi), lo, hi)
         transfer_index = commit_dynamic(confidence, st.threshold, quota)
