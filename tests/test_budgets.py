@@ -42,3 +42,12 @@ def test_the_checks_catch_what_they_should():
     bad = "def f():\n" + "    x = 1\n" * 60 + "y = '" + "a" * 105 + "'\nz = 1 if x else 2 if y else 3\n"
     assert long_functions(bad) == ["f (61 lines)"]
     assert long_lines(bad) == [62] and nested_conditionals(bad) == [63]
+
+
+def test_the_slow_list_names_real_tests():
+    """conftest.SLOW marks tests by name: a renamed test must not drop back into the quick suite unnoticed."""
+    from conftest import SLOW
+    for path, names in SLOW.items():
+        tree = ast.parse(open(os.path.join(ROOT, "tests", path)).read())
+        defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+        assert set(names) <= defined, f"tests/{path}: no test named {set(names) - defined}"
