@@ -112,6 +112,22 @@ def tiny_problem(rng):
     return question, "\n".join(lines) + f"\n#### {cur}"
 
 
+TINY_QUESTION = re.compile(r"\w+ has (\d+) (\w+)\. Each (day|week), if the number is even (?:she|he) gives away "
+                           r"half, else (?:she|he) gets (\d+) more\. How many \2 after (\d+) \3s\?")
+
+
+def tiny_answer(question):
+    """The answer to a question worded as tiny_problem words them (decode.py checks its output with it), or
+    None for any other text."""
+    m = TINY_QUESTION.search(question)
+    if m is None:
+        return None
+    cur, b, n = int(m[1]), int(m[4]), int(m[5])
+    for _ in range(n):
+        cur = cur // 2 if cur % 2 == 0 else cur + b
+    return cur
+
+
 def tiny_records(split="test", n=500):
     """The fixed held-out problems of a split, as load_records returns them (gold = the number after ####)."""
     import random

@@ -121,6 +121,21 @@ def write_checkpoint(folder, cfg, sd, shards=1):
     return folder
 
 
+# The slowest tests (pytest --durations) stay out of the quick suite: python -m pytest -q -m "not slow" tests;
+# the full suite runs them all. Tests in test_decode.py and test_train_eval.py carry @pytest.mark.slow; these,
+# in files being rewritten elsewhere, are marked here by name until their files carry the marker themselves
+# (test_budgets.py checks that every name still names a test).
+SLOW = {"test_mrp.py": ("test_committed_heads_are_lossless_on_the_builtin_task",
+                        "test_training_loss_learns_and_does_not_touch_the_backbone"),
+        "test_model.py": ("test_cli_smoke", "test_loading_makes_no_second_copy")}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.originalname in SLOW.get(item.path.name, ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def seeded():
     """Every test starts from the same global RNG state: tests draw random prompts, and a result must not
