@@ -96,30 +96,39 @@ def sample_tokens(logits, temperature=0.0, top_k=0, top_p=1.0):
 
 
 def commit_topk(confidence, k):
-    """The k[r] most confident positions of each row. One torch.topk per row, as the official loops do,
-    so ties (common with bf16 softmax, or EOS confidences of exactly 0) break the same way."""
+    """The k most confident positions of each row; k is an int (the same for every row) or one per row.
+    torch.topk's choice among tied confidences (common with the bf16 softmax, or EOS confidences of
+    exactly 0) depends on k, so rows are batched only with rows of the same k: a batched topk gives each
+    row what the official per-row call gives. An int k costs no host sync; a tensor of counts costs one
+    read (decoders whose rows share a schedule pass an int)."""
     transfer = torch.zeros_like(confidence, dtype=torch.bool)
-    for r in range(confidence.shape[0]):
-        transfer[r, torch.topk(confidence[r], int(k[r])).indices] = True
+    counts = [k] if isinstance(k, int) else k.tolist() if torch.is_tensor(k) else list(k)
+    if len(set(counts)) == 1:
+        return transfer.scatter_(1, torch.topk(confidence, counts[0], dim=1).indices, True)
+    k = torch.as_tensor(counts, device=confidence.device)
+    for n in set(counts):  # one topk per distinct count (usually two), not per row
+        pick = torch.zeros_like(transfer).scatter_(1, torch.topk(confidence, n, dim=1).indices, True)
+        transfer |= pick & (k == n)[:, None]
     return transfer
 
 
-def commit_threshold(confidence, threshold):
-    """Fast-dLLM: the most confident mask always, plus every other mask with confidence >= threshold."""
-    transfer = confidence >= threshold
-    n = torch.isfinite(confidence).sum(1).tolist()
-    for r in range(confidence.shape[0]):
-        if n[r]:
-            transfer[r, torch.topk(confidence[r], n[r]).indices[0]] = True
-    return transfer
+def commit_threshold(confidence, threshold, counts=None):
+    """Fast-dLLM: the most confident mask always, plus every other mask with confidence >= threshold.
+    "The most confident" is rank 0 of the official topk over the row's masks (k = their count), and which
+    of several equal maxima that is depends on k, so it is taken the same way. counts: each row's masks on
+    the host, if the caller has them; otherwise they are read once (the only host sync here)."""
+    n = torch.isfinite(confidence).sum(1)
+    first = torch.zeros_like(n)
+    for k in set(n.tolist() if counts is None else counts) - {0}:
+        first = torch.where(n == k, torch.topk(confidence, k, dim=1).indices[:, 0], first)
+    return (confidence >= threshold).scatter_(1, first[:, None], (n > 0)[:, None])
 
 
 def commit_dynamic(confidence, threshold, quota):
     """SDAR: every mask with confidence strictly above threshold if there are at least `quota` of them,
-    else the top `quota`. threshold >= 1 is the static rule (probabilities never exceed 1)."""
+    else the top `quota`. threshold >= 1 is the static rule (probabilities never exceed 1). No host sync."""
     hot = confidence > threshold
-    top = commit_topk(confidence, [quota] * confidence.shape[0])
-    return torch.where(hot.sum(1, keepdim=True) >= quota, hot, top)
+    return torch.where(hot.sum(1, keepdim=True) >= quota, hot, commit_topk(confidence, int(quota)))
 
 
 def model_forward(model, ids, **kw):
@@ -146,13 +155,14 @@ def check_prompt(rows, mask_id, gen_length, limit):
 
 
 def finish(stats, x, gen_start, gen_length, stop_ids, nfe_rows, t0):
-    """Per-sample generated-token counts (up to the first stop id, which is not counted) and rates."""
-    gen = []
-    for r, s in enumerate(gen_start):
-        row = x[r, s:s + gen_length].tolist()
-        gen.append(next((i for i, t in enumerate(row) if t in stop_ids), len(row)))
-    if x.is_cuda:
-        torch.cuda.synchronize()
+    """Per-sample generated-token counts (up to the first stop id, which is not counted) and rates. The
+    canvas is read back once, here, at the end of a generation."""
+    x = x.cpu()  # waits for the device, so the clock below includes all queued work
+    cols = torch.tensor(gen_start)[:, None] + torch.arange(gen_length)  # (B, gen_length) canvas columns
+    inside = cols < x.shape[1]
+    tokens = x.gather(1, cols.clamp(max=x.shape[1] - 1))
+    stop = torch.isin(tokens, torch.tensor(sorted(stop_ids), dtype=torch.long)) & inside
+    gen = torch.where(stop.any(1), stop.long().argmax(1), inside.sum(1)).tolist()  # argmax: the first stop
     stats.update(nfe_per_sample=nfe_rows.tolist(), gen_start=list(gen_start), gen_tokens=gen,
                  tokens_per_forward=sum(gen) / max(1, int(nfe_rows.sum())), seconds=time.time() - t0)
     return stats
