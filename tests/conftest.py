@@ -79,6 +79,10 @@ def write_checkpoint(folder, cfg, sd, shards=1):
     return folder
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: minutes on 2 cores (deselect with -m 'not slow')")
+
+
 @pytest.fixture(autouse=True)
 def seeded():
     """Every test starts from the same global RNG state: tests draw random prompts, and a result must not
