@@ -136,19 +136,25 @@ class KVCache:
     not written yet) so masks can be derived for cached keys."""
 
     def __init__(self, n_layer, batch, n_kv_head, length, head_dim, dtype, device):
-        self.k = torch.zeros(n_layer, batch, n_kv_head, length, head_dim, dtype=dtype, device=device)
-        self.v = torch.zeros_like(self.k)
+        # a (B, Hkv, S, D) tensor per layer, not one (L, B, Hkv, S, D) tensor: a compiled step writes each in
+        # place, where a write through a per-layer view would make the compiler copy that layer's slice
+        shape = (batch, n_kv_head, length, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
+        self.v = [torch.zeros_like(k) for k in self.k]
         self.pos = torch.zeros(batch, length, dtype=torch.long, device=device)
         self.valid = torch.zeros(batch, length, dtype=torch.bool, device=device)
-        for t in (self.k, self.v, self.pos, self.valid):  # CUDA graphs: inputs written in place at a fixed
-            torch._dynamo.mark_static_address(t, guard=False)  # address, never copied in
+        for t in self.buffers():  # CUDA graphs: inputs written in place at a fixed address, never copied in
+            torch._dynamo.mark_static_address(t, guard=False)
 
     def __len__(self):
-        return self.k.shape[3]
+        return self.pos.shape[1]
+
+    def buffers(self):
+        return [*self.k, *self.v, self.pos, self.valid]
 
     def clear(self):
         """Forget every slot (Transformer.new_cache hands the buffers out again)."""
-        for t in (self.k, self.v, self.pos, self.valid):
+        for t in self.buffers():
             t.zero_()
 
 # -----------------------------------------------------------------------------
@@ -188,7 +194,7 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin, cfg.rope_fp32), apply_rope(k, cos, sin, cfg.rope_fp32)
         if kv is not None:  # write this chunk's K/V at its slots, then attend over slots [0, n)
             cache, layer, slots, n = kv                          # slots: (T,) indices
-            k_buf, v_buf = cache.k[layer], cache.v[layer]        # (B, Hkv, S, D), taken after the last write
+            k_buf, v_buf = cache.k[layer], cache.v[layer]        # (B, Hkv, S, D)
             k_buf.index_copy_(2, slots, k)
             v_buf.index_copy_(2, slots, v)
             k, v = k_buf[:, :, :n], v_buf[:, :, :n]
@@ -309,8 +315,8 @@ class Transformer(nn.Module):
         cfg, w = self.config, self.lm_head.weight
         length = -(-length // CACHE_ROUND) * CACHE_ROUND
         buffers, lent = self._cache_pool or (None, None)
-        if buffers is not None and lent() is None and buffers.k.shape[1] == batch and len(buffers) == length \
-                and (buffers.k.dtype, buffers.k.device) == (w.dtype, w.device):
+        if buffers is not None and lent() is None and buffers.pos.shape == (batch, length) \
+                and (buffers.k[0].dtype, buffers.k[0].device) == (w.dtype, w.device):
             buffers.clear()
         else:
             buffers = KVCache(cfg.n_layer, batch, cfg.n_kv_head, length, cfg.head_dim, w.dtype, w.device)
