@@ -191,7 +191,7 @@ def bench_decode(args, device, dtype):
               f"{r['tokens_per_s']:9.1f} {r['seconds']:8.2f} {r['speedup']:7.2f}x {r['vs_eager']:8.2f}x")
     if args.compile:
         print("compile time (not in the rows above): " + ", ".join(
-            f"{family} {net.compile_seconds:.1f} s" for family, net in nets.items()))
+            f"{family} {net.compile_seconds:.1f} s" for family, net in nets.items()) + f"; {compile_note()}")
     return rows
 
 
@@ -273,7 +273,8 @@ def bench_step(args, device, dtype):
     CUDA); compile time reported apart. Rows are printed as they are measured."""
     llada, sdar = random_models(args, device, dtype)
     if args.compile:
-        M.compile_forward(llada), M.compile_forward(sdar)
+        M.compile_forward(llada)
+        M.compile_forward(sdar)
     bw, source = bandwidth(args, device)
     print(f"bandwidth {bw / 1e9:.0f} GB/s ({source})")
     calls, rows = hot_calls(args, llada, sdar, device), []
@@ -293,8 +294,16 @@ def bench_step(args, device, dtype):
                   flush=True)
     if args.compile:
         print(f"compile time (not in the rows above): llada {llada.compile_seconds:.1f} s, "
-              f"sdar {sdar.compile_seconds:.1f} s")
+              f"sdar {sdar.compile_seconds:.1f} s; {compile_note()}")
     return rows
+
+
+def compile_note():
+    """What dynamo and inductor counted: graphs compiled, graph breaks, CUDA graphs skipped (TORCH_LOGS=
+    perf_hints says why)."""
+    c = torch._dynamo.utils.counters
+    return (f"graphs {c['stats']['unique_graphs']}, graph breaks {sum(c['graph_break'].values())}, "
+            f"CUDA graphs skipped {c['inductor']['cudagraph_skips']}")
 
 
 def caches_list(v):
