@@ -22,6 +22,9 @@ How it differs from those files:
   - the attention mask is derived from positions (block-causal: key block <= query block), so prefill,
     cached block decoding and whole-sequence forwards share one rule;
   - no global SDPA backend flags (the official LLaDA constructor flips them process-wide);
+  - a forward never reads a value back from the device (rotary tables built once, a given mask always
+    applied, cache slots written by index), so torch.compile takes it whole, CUDA graphs included
+    (compile_forward, gpt-fast's recipe);
   - padding is a boolean key mask instead of an additive finfo.min bias: same softmax weights.
 """
 import copy
