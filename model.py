@@ -249,7 +249,7 @@ def run_layers(layers, rope, x, attention_mask=None, position_ids=None, cache=No
     k_pos, kv = position_ids, [None] * len(layers)
     if cache is not None:
         end = cache_start + T if kv_end is None else kv_end
-        if isinstance(end, int):  # ints are checked on the host (compile_forward checks before it converts)
+        if isinstance(end, int) and isinstance(cache_start, int):  # on the host (compile_forward: before)
             check_span(cache, cache_start, T, kv_end)
         cache.pos.index_copy_(1, slots, position_ids)
         written = torch.ones_like(position_ids, dtype=torch.bool) if valid is None else valid
