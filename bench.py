@@ -1,8 +1,13 @@
 """
 Speed benchmarks: ratios measured in one run on one machine, never compared across machines.
 
+  python bench.py step       milliseconds per forward of the calls decoding spends its time in (SDAR's cached
+                             block step, LLaDA's whole canvas and dual-cache step, ...) against the
+                             weight-bandwidth limit; on a GPU also kernels launched and GPU-busy time.
+                             --compile: compiled (CUDA graphs on a GPU); --size 8b: the real shapes
   python bench.py decode     LLaDA vanilla vs Fast-dLLM threshold / prefix cache / dual cache at gen 256,
-                             and SDAR with its KV cache vs recomputing the prefix at gen 512
+                             and SDAR with its KV cache vs recomputing the prefix at gen 512; --compile:
+                             each also compiled, with tokens/s against eager
   python bench.py load       peak memory of from_pretrained on a sharded ~1 GB checkpoint
   python bench.py rcd        RCD's per-forward overhead over plain decoding (embedded models; random models
                              with LLaDA-8B's / SDAR-8B's vocabulary-to-parameters ratio, or their exact
@@ -103,22 +108,28 @@ def timed_forwards(net, fn, device):
     return stats, seconds, inside[0]
 
 
-def kernel_seconds(fn):
-    """(stats, seconds) of fn's GPU kernels alone (torch.profiler's CUDA activity): the time the GPU spent
-    computing, without the gaps while Python launched the kernels. At batch 1 a forward here launches
-    about 2,100 kernels (SDAR-8B's shape, profiled on an H100), and the launching, not the GPU, sets the wall
-    clock."""
+def kernel_stats(fn):
+    """(fn's result, kernels launched, seconds of GPU kernel time) from torch.profiler's CUDA activity: the
+    time the GPU spent computing, without the gaps while Python launched the kernels. At batch 1 an eager
+    SDAR-8B forward launches about 2,100 kernels, and the launching, not the GPU, sets the wall clock."""
     from torch.autograd import DeviceType
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        stats = fn()[1]
+        out = fn()
         torch.cuda.synchronize()
     raw = getattr(getattr(prof, "profiler", None), "kineto_results", None)
     if raw is None:  # a private attribute (torch 2.11-2.13 have it): the public, slower route
-        return stats, sum(e.self_device_time_total for e in prof.events()
-                          if e.device_type == DeviceType.CUDA and not e.is_user_annotation) / 1e6
-    # the raw kineto events: prof.events() builds Python objects for ~250,000 kernels, minutes on a slow host
-    ns = sum(e.duration_ns() for e in raw.events() if e.device_type() == DeviceType.CUDA and not e.is_user_annotation())
-    return stats, ns / 1e9
+        kernels = [e.self_device_time_total / 1e6 for e in prof.events()
+                   if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
+    else:  # the raw kineto events: prof.events() builds objects for ~250,000 kernels, minutes on a slow host
+        kernels = [e.duration_ns() / 1e9 for e in raw.events()
+                   if e.device_type() == DeviceType.CUDA and not e.is_user_annotation()]
+    return out, len(kernels), sum(kernels)
+
+
+def kernel_seconds(fn):
+    """(stats, seconds) of the GPU kernels of fn() -> (x, stats); see kernel_stats."""
+    (_, stats), _, seconds = kernel_stats(fn)
+    return stats, seconds
 
 
 def tiny_prompts(folder, n):
@@ -129,36 +140,174 @@ def tiny_prompts(folder, n):
     return [tok.encode(tok.apply_chat_template(tasks.prompt_messages("tiny", r))) for r in tasks.tiny_records("test", n=n)]
 
 
+DECODE_RUNS = ("vanilla", "threshold", "prefix", "dual", "dual-steps", "sdar-nocache", "sdar-cache")
+
+
+def decode_runs(args):
+    """{--runs key: (family, label, run(net, prompt))} of the decode benchmark."""
+    G, blk, thr = args.gen_length, args.block_length, args.threshold
+    llada = lambda **kw: lambda net, p: decode.generate(net, p, gen_length=G, block_length=blk, **kw)
+    sdar = lambda cache: lambda net, p: decode.block_generate(net, p, gen_length=args.sdar_gen_length,
+                                                              block_length=4, denoising_steps=4, stop_ids=[],
+                                                              use_cache=cache)
+    return {"vanilla": ("llada", "vanilla (1 token/step)", llada(steps=G)),
+            "threshold": ("llada", f"threshold {thr}", llada(threshold=thr)),
+            "prefix": ("llada", "threshold + prefix cache", llada(threshold=thr, cache="prefix")),
+            "dual": ("llada", "threshold + dual cache", llada(threshold=thr, cache="dual")),
+            "dual-steps": ("llada", "dual cache (1 token/step)", llada(steps=G, cache="dual")),
+            "sdar-nocache": ("sdar", "no cache (recompute prefix)", sdar(False)),
+            "sdar-cache": ("sdar", "KV cache", sdar(True))}
+
+
 def bench_decode(args, device, dtype):
+    """Tokens/s of each --runs decoder, eager; with --compile then compiled (model.compile_forward). Each is
+    timed on its second run: the first pays what happens once (compiling and recording every shape it
+    uses when compiled; on a CPU even eager, about a second of first-call costs at these sizes)."""
+    runs = {k: v for k, v in decode_runs(args).items() if k in args.runs}
+    nets = dict(zip(("llada", "sdar"), random_models(args, device, dtype)))
+    prompts = {family: random_prompt(net, args.prompt_length) for family, net in nets.items()}
     rows = []
-    llada, sdar = random_models(args, device, dtype)
-    prompt = random_prompt(llada, args.prompt_length)
-    G, blk = args.gen_length, args.block_length
-    decode.generate(llada, prompt, steps=blk, gen_length=blk, block_length=blk)  # warm-up (allocator, kernels)
-    runs = {"vanilla (1 token/step)": dict(steps=G),
-            f"threshold {args.threshold}": dict(threshold=args.threshold),
-            f"threshold + prefix cache": dict(threshold=args.threshold, cache="prefix"),
-            f"threshold + dual cache": dict(threshold=args.threshold, cache="dual"),
-            "dual cache (1 token/step)": dict(steps=G, cache="dual")}
-    for name, kw in runs.items():
-        stats, sec = timed(lambda: decode.generate(llada, prompt, gen_length=G, block_length=blk, **kw), device)
-        rows.append({"model": "llada", "run": name, "nfe": stats["nfe"], "tokens_per_s": G / sec, "seconds": sec})
-    base = rows[0]["tokens_per_s"]
+    for compiled in [False, True] if args.compile else [False]:
+        for key, (family, label, run) in runs.items():
+            net, p = nets[family], prompts[family]
+            if compiled and not hasattr(net, "compile_seconds"):
+                M.compile_forward(net)
+            first = timed(lambda: run(net, p), device)[1]
+            stats, sec = timed(lambda: run(net, p), device)
+            G = args.gen_length if family == "llada" else args.sdar_gen_length
+            rows.append({"model": family, "run": label, "compiled": compiled, "nfe": stats["nfe"],
+                         "tokens_per_s": G / sec, "seconds": sec, "first_run_seconds": first})
+            print(f"  {family} {label} ({'compiled' if compiled else 'eager'}): {G / sec:.1f} tokens/s; "
+                  f"the first run {first:.1f} s", flush=True)
     for r in rows:
-        r["speedup"] = r["tokens_per_s"] / base
-    prompt, sdar_rows = random_prompt(sdar, args.prompt_length), []
-    for name, cache in (("no cache (recompute prefix)", False), ("KV cache", True)):
-        stats, sec = timed(lambda: decode.block_generate(sdar, prompt, gen_length=args.sdar_gen_length, block_length=4,
-                                                         denoising_steps=4, stop_ids=[], use_cache=cache), device)
-        sdar_rows.append({"model": "sdar", "run": name, "nfe": stats["nfe"],
-                          "tokens_per_s": args.sdar_gen_length / sec, "seconds": sec})
-    for r in sdar_rows:
-        r["speedup"] = r["tokens_per_s"] / sdar_rows[0]["tokens_per_s"]
-    rows += sdar_rows
-    print(f"\n{'model':6} {'run':28} {'nfe':>5} {'tokens/s':>9} {'seconds':>8} {'speedup':>8}")
+        base = next(b for b in rows if b["model"] == r["model"] and not b["compiled"])
+        same = next(b for b in rows if b["run"] == r["run"] and not b["compiled"])
+        r["speedup"] = r["tokens_per_s"] / base["tokens_per_s"]
+        r["vs_eager"] = r["tokens_per_s"] / same["tokens_per_s"]
+    print(f"\n{'model':6} {'run':28} {'mode':9} {'nfe':>5} {'tokens/s':>9} {'seconds':>8} {'speedup':>8} "
+          f"{'vs eager':>9}")
     for r in rows:
-        print(f"{r['model']:6} {r['run']:28} {r['nfe']:5d} {r['tokens_per_s']:9.1f} {r['seconds']:8.2f} {r['speedup']:7.2f}x")
+        print(f"{r['model']:6} {r['run']:28} {'compiled' if r['compiled'] else 'eager':9} {r['nfe']:5d} "
+              f"{r['tokens_per_s']:9.1f} {r['seconds']:8.2f} {r['speedup']:7.2f}x {r['vs_eager']:8.2f}x")
+    if args.compile:
+        print("compile time (not in the rows above): " + ", ".join(
+            f"{family} {net.compile_seconds:.1f} s" for family, net in nets.items()) + f"; {compile_note()}")
     return rows
+
+
+def bandwidth(args, device):
+    """(bytes/s the weights stream at, where the figure comes from): --bandwidth, the datasheet's for a
+    known GPU, or a large device copy measured here (bytes read + written)."""
+    if args.bandwidth:
+        return args.bandwidth * 1e9, "--bandwidth"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    for gpu, bw in (("H200", 4.8e12), ("H100", 3.35e12)):
+        if gpu in name:
+            return bw, f"{gpu} datasheet"
+    a = torch.empty(256 * 2**20, dtype=torch.uint8, device=device)
+    b = torch.empty_like(a)
+    sec = min(timed(lambda: (b.copy_(a), {}), device)[1] for _ in range(5))
+    return 2 * a.numel() / sec, "measured copy"
+
+
+def hot_calls(args, llada, sdar, device):
+    """The forwards decoding spends its time in (issue 21's table), as {name: prepare(batch)}. prepare()
+    fills a KV cache as the decoder would (eagerly: Transformer.forward itself, whatever is compiled) and
+    returns the timed call, made exactly as decode.py makes it: the same shapes, strides and arguments, so
+    that a compiled run here and `bench.py decode` at the same lengths share their graphs. SDAR: the last
+    block of a canvas of prompt + --sdar-gen-length; LLaDA: the first block of prompt + --gen-length."""
+    P, blk, eager = args.prompt_length, args.block_length, M.Transformer.forward
+
+    def sdar_call(B, cached):
+        T = P + args.sdar_gen_length
+        x = random_prompt(sdar, B * T).view(B, T).to(device)
+        pos = torch.arange(T, device=device).repeat(B, 1)
+        valid = torch.ones(B, T, dtype=torch.bool, device=device)
+        whole = dict(attention_mask=valid[:, :T - 4], position_ids=pos[:, :T - 4], block_size=4)
+        if not cached:  # block_generate(use_cache=False): the whole prefix under the block-causal mask
+            return lambda: sdar(x[:, :T - 4], **whole)
+        cache = sdar.new_cache(B, T)
+        eager(sdar, x[:, :T - 4], cache=cache, **whole)
+        step = dict(attention_mask=valid[:, T - 4:], position_ids=pos[:, T - 4:], block_size=4)
+        return lambda: sdar(x[:, T - 4:], cache=cache, cache_start=T - 4, **step)
+
+    def llada_call(B, cached):
+        T = P + args.gen_length
+        x, cols = random_prompt(llada, B * T).view(B, T).to(device), torch.arange(T, device=device)
+        if not cached:  # generate(): the whole canvas
+            return lambda: llada(x[:, cols], attention_mask=None, position_ids=cols, cache=None,
+                                 cache_start=0, kv_end=None)
+        cache = llada.new_cache(B, T)  # the dual cache as a block's first step leaves it
+        eager(llada, x[:, cols], position_ids=cols, cache=cache, cache_start=0, kv_end=T)
+        span = cols[P:P + blk]
+        return lambda: llada(x[:, span], attention_mask=None, position_ids=span, cache=cache, cache_start=P,
+                             kv_end=T)
+    return {"sdar-step": lambda B: sdar_call(B, True), "sdar-whole": lambda B: sdar_call(B, False),
+            "llada-whole": lambda B: llada_call(B, False), "llada-dual": lambda B: llada_call(B, True)}
+
+
+STEP_LABELS = {"sdar-step": "SDAR cached block step, 4 tokens, {S} cached",
+               "sdar-whole": "SDAR whole {S} tokens, no cache",
+               "llada-whole": "LLaDA whole canvas, {T} tokens",
+               "llada-dual": "LLaDA dual-cache step, {blk} tokens"}
+
+
+def time_call(call, device, repeats):
+    """(median ms of `repeats` calls after 3 warm-up ones, kernels per call, GPU-busy ms per call); the
+    warm-up compiles, then CUDA graphs warm up and record. Kernels and busy time on CUDA only (3 calls)."""
+    with torch.no_grad():
+        for _ in range(3):
+            call()
+        times = sorted(timed(lambda: (call(), {}), device)[1] for _ in range(repeats))
+        if device.type != "cuda":
+            return 1000 * times[repeats // 2], None, None
+        try:
+            _, kernels, busy = kernel_stats(lambda: [call() for _ in range(3)])
+        except RuntimeError as e:  # a profiler that cannot trace here costs the two columns, not the row
+            print(f"torch.profiler failed ({str(e)[:200]}): no kernel counts")
+            return 1000 * times[repeats // 2], None, None
+    return 1000 * times[repeats // 2], kernels / 3, 1000 * busy / 3
+
+
+def bench_step(args, device, dtype):
+    """Milliseconds per forward of each hot call (median of --repeats, synchronised), against the
+    weight-bandwidth limit: every weight byte read once per forward at the device's bandwidth. On CUDA
+    also the kernels one forward launches and the GPU's busy time (torch.profiler). The SDAR step runs
+    at every --batch, the other calls at the first. --compile: model.compile_forward (CUDA graphs on
+    CUDA); compile time reported apart. Rows are printed as they are measured."""
+    llada, sdar = random_models(args, device, dtype)
+    if args.compile:
+        M.compile_forward(llada)
+        M.compile_forward(sdar)
+    bw, source = bandwidth(args, device)
+    print(f"bandwidth {bw / 1e9:.0f} GB/s ({source})")
+    calls, rows = hot_calls(args, llada, sdar, device), []
+    sizes = dict(S=args.prompt_length + args.sdar_gen_length - 4, T=args.prompt_length + args.gen_length,
+                 blk=args.block_length)
+    print(f"\n{'forward':44} {'batch':>5} {'ms':>8} {'kernels':>8} {'GPU busy ms':>12} {'limit ms':>9} "
+          f"{'x limit':>8}")
+    for name in args.calls:
+        net = sdar if name.startswith("sdar") else llada
+        limit = 1000 * sum(p.numel() * p.element_size() for p in net.parameters()) / bw
+        for B in args.batch if name == "sdar-step" else args.batch[:1]:
+            ms, kernels, busy = time_call(calls[name](B), device, args.repeats)
+            rows.append({"call": STEP_LABELS[name].format(**sizes), "batch": B, "ms": ms, "kernels": kernels,
+                         "gpu_busy_ms": busy, "limit_ms": limit, "x_limit": ms / limit})
+            k, g = ("-", "-") if kernels is None else (f"{kernels:.0f}", f"{busy:.2f}")
+            print(f"{rows[-1]['call']:44} {B:5d} {ms:8.2f} {k:>8} {g:>12} {limit:9.2f} {ms / limit:7.1f}x",
+                  flush=True)
+    if args.compile:
+        print(f"compile time (not in the rows above): llada {llada.compile_seconds:.1f} s, "
+              f"sdar {sdar.compile_seconds:.1f} s; {compile_note()}")
+    return rows
+
+
+def compile_note():
+    """What dynamo and inductor counted: graphs compiled, graph breaks, CUDA graphs skipped (TORCH_LOGS=
+    perf_hints says why)."""
+    c = torch._dynamo.utils.counters
+    return (f"graphs {c['stats']['unique_graphs']}, graph breaks {sum(c['graph_break'].values())}, "
+            f"CUDA graphs skipped {c['inductor']['cudagraph_skips']}")
 
 
 def caches_list(v):
@@ -183,6 +332,7 @@ def bench_elastic(args, device, dtype):
     import mask_compress
     llada, = random_models(args, device, dtype, ("llada",))
     P, blk, rows = args.prompt_length, args.block_length, []
+    llada.build_rope(P + max(args.elastic_lengths + [args.elastic_decode_length]))  # past max_seq_len
 
     def ms(ids, pos):
         times = []
@@ -382,11 +532,12 @@ def bench_load(args, device, dtype):
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["decode", "load", "elastic", "rcd", "mrp"], help="which benchmark")
+    ap.add_argument("what", choices=["step", "decode", "load", "elastic", "rcd", "mrp"],
+                    help="which benchmark")
     ap.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
     ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                     help="default: bfloat16 on CUDA, float32 on CPU")
-    ap.add_argument("--size", choices=["mid", "8b"], default="mid",
+    ap.add_argument("--size", choices=["tiny", "mid", "8b"], default="mid",
                     help="random models: mid = --n-embd x --n-layer (--vocab); 8b = LLaDA-8B's and SDAR-8B's exact "
                          "shapes, random weights (16 GB each in bf16: a GPU)")
     ap.add_argument("--n-embd", type=int, default=384, help="hidden size of the random models")
@@ -413,9 +564,26 @@ if __name__ == "__main__":
     ap.add_argument("--rcd-batch", type=int, default=50, help="rcd: prompts per batch (eval.py's --batch-size 50)")
     ap.add_argument("--mrp-problems", type=int, default=50, help="mrp: test problems decoded one at a time")
     ap.add_argument("--load-gb", type=float, default=1.0, help="checkpoint size for the load benchmark")
+    fast = ap.add_argument_group("step and decode: speed on a GPU")
+    fast.add_argument("--compile", action="store_true",
+                      help="decode: also compiled; step: compiled (model.compile_forward, CUDA graphs)")
+    fast.add_argument("--batch", type=lambda v: [int(b) for b in v.split(",")], default=[1],
+                      help="step: batch sizes of the SDAR block step, comma-separated (others: the first)")
+    fast.add_argument("--calls", type=lambda v: v.split(","), default=list(STEP_LABELS),
+                      help=f"step: which forwards, comma-separated, of {','.join(STEP_LABELS)}")
+    fast.add_argument("--runs", type=lambda v: v.split(","), default=list(DECODE_RUNS),
+                      help=f"decode: which decoders, comma-separated, of {','.join(DECODE_RUNS)}")
+    fast.add_argument("--bandwidth", type=float, default=None,
+                      help="step: memory bandwidth in GB/s for the weight-bandwidth limit (default: 4800 "
+                           "on an H200, 3350 on an H100, else a device copy measured here)")
     args = ap.parse_args()
     if args.head_scale is None:
         args.head_scale = 12.0 if args.size == "8b" else 40.0
+    if args.size == "tiny":  # a smoke test of the script itself
+        args.n_embd, args.n_layer, args.vocab = 64, 2, 512
+    hot, known = set(args.calls) | set(args.runs), set(DECODE_RUNS) | set(STEP_LABELS)
+    if hot - known:
+        raise SystemExit(f"--calls / --runs: unknown {sorted(hot - known)}; expected some of {sorted(known)}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
@@ -423,8 +591,8 @@ if __name__ == "__main__":
     if min(args.repeats, args.rcd_batch, args.mrp_problems, args.gen_length, args.block_length) < 1:
         raise SystemExit("--repeats, --rcd-batch, --mrp-problems, --gen-length and --block-length must be >= 1")
     try:
-        rows = {"decode": bench_decode, "load": bench_load, "elastic": bench_elastic, "rcd": bench_rcd,
-                "mrp": bench_mrp}[args.what](args, device, dtype)
+        rows = {"step": bench_step, "decode": bench_decode, "load": bench_load, "elastic": bench_elastic,
+                "rcd": bench_rcd, "mrp": bench_mrp}[args.what](args, device, dtype)
     except (ValueError, FileNotFoundError) as e:  # a decoder refusing the lengths / steps, a missing model: one line
         raise SystemExit(f"bench.py {args.what}: {e}") from None
     print(json.dumps({"bench": args.what, "device": name, "dtype": str(dtype), "command": " ".join(sys.argv), "rows": rows}))

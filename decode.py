@@ -117,30 +117,42 @@ def sample_tokens(logits, temperature=0.0, top_k=0, top_p=1.0):
 
 
 def commit_topk(confidence, k):
-    """The k[r] most confident positions of each row. One torch.topk per row, as the official loops do,
-    so ties (common with bf16 softmax, or EOS confidences of exactly 0) break the same way."""
+    """The k most confident positions of each row; k is an int (the same for every row) or one per row.
+    torch.topk's choice among tied confidences (common with the bf16 softmax, or EOS confidences of
+    exactly 0) depends on k, so rows are batched only with rows of the same k: a batched topk gives each
+    row what the official per-row call gives. An int k costs no host sync; a tensor of counts costs one
+    read (decoders whose rows share a schedule pass an int)."""
     transfer = torch.zeros_like(confidence, dtype=torch.bool)
-    for r in range(confidence.shape[0]):
-        transfer[r, torch.topk(confidence[r], int(k[r])).indices] = True
+    if isinstance(k, int):
+        counts = [k]
+    else:
+        counts = k.tolist() if torch.is_tensor(k) else list(k)
+    if len(set(counts)) == 1:
+        return transfer.scatter_(1, torch.topk(confidence, counts[0], dim=1).indices, True)
+    k = torch.as_tensor(counts, device=confidence.device)
+    for n in set(counts):  # one topk per distinct count (usually two), not per row
+        pick = torch.zeros_like(transfer).scatter_(1, torch.topk(confidence, n, dim=1).indices, True)
+        transfer |= pick & (k == n)[:, None]
     return transfer
 
 
-def commit_threshold(confidence, threshold):
-    """Fast-dLLM: the most confident mask always, plus every other mask with confidence >= threshold."""
-    transfer = confidence >= threshold
-    n = torch.isfinite(confidence).sum(1).tolist()
-    for r in range(confidence.shape[0]):
-        if n[r]:
-            transfer[r, torch.topk(confidence[r], n[r]).indices[0]] = True
-    return transfer
+def commit_threshold(confidence, threshold, counts=None):
+    """Fast-dLLM: the most confident mask always, plus every other mask with confidence >= threshold.
+    "The most confident" is rank 0 of the official topk over the row's masks (k = their count), and which
+    of several equal maxima that is depends on k, so it is taken the same way. counts: each row's masks on
+    the host, if the caller has them; otherwise they are read once (the only host sync here)."""
+    n = torch.isfinite(confidence).sum(1)
+    first = torch.zeros_like(n)
+    for k in set(n.tolist() if counts is None else counts) - {0}:
+        first = torch.where(n == k, torch.topk(confidence, k, dim=1).indices[:, 0], first)
+    return (confidence >= threshold).scatter_(1, first[:, None], (n > 0)[:, None])
 
 
 def commit_dynamic(confidence, threshold, quota):
     """SDAR: every mask with confidence strictly above threshold if there are at least `quota` of them,
-    else the top `quota`. threshold >= 1 is the static rule (probabilities never exceed 1)."""
+    else the top `quota`. threshold >= 1 is the static rule (probabilities never exceed 1). No host sync."""
     hot = confidence > threshold
-    top = commit_topk(confidence, [quota] * confidence.shape[0])
-    return torch.where(hot.sum(1, keepdim=True) >= quota, hot, top)
+    return torch.where(hot.sum(1, keepdim=True) >= quota, hot, commit_topk(confidence, int(quota)))
 
 
 
@@ -201,16 +213,15 @@ def check_prompt(rows, mask_id, gen_length, limit):
 
 def finish(stats, x, gen_start, gen_length, stop_ids, nfe_rows, t0):
     """Per-sample generated-token counts (up to the first stop id, which is not counted) and rates. The
-    canvas and the per-sample forward counts come to the host here, once per generation."""
-    gen = []
-    for s, row in zip(gen_start, x.tolist()):
-        row = row[s:s + gen_length]
-        gen.append(next((i for i, t in enumerate(row) if t in stop_ids), len(row)))
-    nfe_rows = nfe_rows.tolist()
-    if x.is_cuda:
-        torch.cuda.synchronize()
-    stats.update(nfe_per_sample=nfe_rows, gen_start=list(gen_start), gen_tokens=gen,
-                 tokens_per_forward=sum(gen) / max(1, sum(nfe_rows)), seconds=time.time() - t0)
+    canvas is read back once, here, at the end of a generation."""
+    x = x.cpu()  # waits for the device, so the clock below includes all queued work
+    cols = torch.tensor(gen_start)[:, None] + torch.arange(gen_length)  # (B, gen_length) canvas columns
+    inside = cols < x.shape[1]
+    tokens = x.gather(1, cols.clamp(max=x.shape[1] - 1))
+    stop = torch.isin(tokens, torch.tensor(sorted(stop_ids), dtype=torch.long)) & inside
+    gen = torch.where(stop.any(1), stop.long().argmax(1), inside.sum(1)).tolist()  # argmax: the first stop
+    stats.update(nfe_per_sample=nfe_rows.tolist(), gen_start=list(gen_start), gen_tokens=gen,
+                 tokens_per_forward=sum(gen) / max(1, int(nfe_rows.sum())), seconds=time.time() - t0)
     return stats
 
 # -----------------------------------------------------------------------------
@@ -275,10 +286,11 @@ def classifier_free_guidance(forward, model, ids, attention_mask, prompt_index, 
     return un + (cfg_scale + 1) * (cond - un)
 
 
-def commit(confidence, threshold, k):
-    """Fast-dLLM's threshold rule when a threshold is given, else LLaDA's top-k with this step's k."""
+def commit(confidence, threshold, k, counts=None):
+    """Fast-dLLM's threshold rule when a threshold is given (counts: each row's masks, read on the host
+    already), else LLaDA's top-k with this step's k."""
     if threshold is not None:
-        return commit_threshold(confidence, threshold)
+        return commit_threshold(confidence, threshold, counts)
     return commit_topk(confidence, k)
 
 
@@ -316,10 +328,14 @@ def generate(model, prompt, steps=128, gen_length=128, block_length=128, tempera
         cols = feed(x, lo, hi, P) if feed else torch.arange(T, device=device)  # the columns a forward sees
         a, e = int(torch.searchsorted(cols, lo)), int(torch.searchsorted(cols, hi))  # the block within cols
         kv_end = len(cols) if kv is not None else None  # a cached forward attends to every fed column
-        num_transfer_tokens = get_num_transfer_tokens(x[:, lo:hi] == mask_id, steps_per_block)
+        # A block is all [MASK] when it starts (only the current block is ever committed), so every row has
+        # the official schedule of a full block: computed once on the host, no sync per step
+        full_block = torch.ones(1, block_length, dtype=torch.bool)
+        num_transfer_tokens = get_num_transfer_tokens(full_block, steps_per_block)[0].tolist()
         for i in range(steps_per_block):
-            block_masks = (x[:, lo:hi] == mask_id).any(1)
-            if fast and not block_masks.any():  # the loop's one host sync per step: is the block done?
+            masks_left = (x[:, lo:hi] == mask_id).sum(1)  # (B,)
+            counts = masks_left.tolist() if fast else None  # the loop's one host sync per step (Fast-dLLM)
+            if fast and not any(counts):  # the block is done
                 break
             s, t = cache_span(cache, i, a, e, len(cols))
             span = cols[s:t]
@@ -331,10 +347,10 @@ def generate(model, prompt, steps=128, gen_length=128, block_length=128, tempera
             x0, confidence = propose(logits, x[:, span], mask_index, temperature, remasking,
                                      torch.float64 if fast else logits.dtype, eos_id, eot_id, logits_eos_inf,
                                      confidence_eos_eot_inf)
-            transfer_index = commit(confidence, threshold, num_transfer_tokens[:, i])
+            transfer_index = commit(confidence, threshold, num_transfer_tokens[i], counts)
             x[:, span] = torch.where(transfer_index, x0, x[:, span])
             stats["nfe"] += 1
-            nfe_rows += block_masks
+            nfe_rows += masks_left > 0
             if on_step:
                 on_step(x)
     return x, finish(stats, x, [P] * B, gen_length, set(stop_ids), nfe_rows, t0)
@@ -628,6 +644,8 @@ def parse_args():
     g.add_argument("--device", default=None, help="cuda / cpu / mps (default: cuda if available)")
     g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                    help="default: the checkpoint's dtype on CUDA, float32 on CPU")
+    g.add_argument("--compile", action="store_true",
+                   help="compile the model's forward (model.compile_forward; CUDA graphs on CUDA)")
     return ap.parse_args()
 
 
@@ -646,6 +664,8 @@ def main():
     torch.manual_seed(args.seed)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     net = or_exit(model_lib.from_pretrained, args.model, args.device, dtype)
+    if args.compile:
+        model_lib.compile_forward(net)
     folder = model_lib.resolve(args.model)
     tok, gen = or_exit(tokenizer_lib.load_tokenizer, folder), generation_defaults(folder)
     chat = gen.get("chat", False) if args.chat is None else args.chat
@@ -670,8 +690,11 @@ def main():
     s, n = stats["gen_start"][0], stats["gen_tokens"][0]
     answer = tok.decode(x[0, s:s + n].tolist())
     print(answer)
+    compiling = getattr(net, "compile_seconds", 0.0)  # the calls that compiled, timed whole: not decoding
+    seconds = stats["seconds"] - compiling
+    compiled = f"; compiling {compiling:.1f} s" if compiling else ""
     print(f"\n{n} tokens in {stats['nfe']} forwards ({stats['tokens_per_forward']:.2f} tokens per forward), "
-          f"{n / stats['seconds']:.1f} tokens/s ({stats['seconds']:.2f} s); gen {gen_length}, block {block}, "
+          f"{n / seconds:.1f} tokens/s ({seconds:.2f} s{compiled}); gen {gen_length}, block {block}, "
           f"steps {steps}")
     for line in notes(args.prompt, answer, n, gen_length, gen):
         print(line)

@@ -130,6 +130,8 @@ def decode_elastic(model, prompt, *, gen_length, block_length, steps=None, thres
     set's length at each block (LLaDA)."""
     rows = decode.as_rows(prompt)
     if model.config.family == "llada":
+        if max(map(len, rows)) + gen_length > len(model.rope_cos):  # original positions may pass max_seq_len
+            model.build_rope(max(map(len, rows)) + gen_length)        # (RoPE extrapolates): longer tables
         info = {}
         feed = elastic_feed(r, sampler, terminal, budget, keep_recent, positions, seed, info, window)
         forward = decode.model_forward

@@ -25,12 +25,18 @@ How it differs from those files:
   - the attention mask is derived from positions (block-causal: key block <= query block), so prefill,
     cached block decoding and whole-sequence forwards share one rule;
   - no global SDPA backend flags (the official LLaDA constructor flips them process-wide);
+  - a forward never reads a value back from the device (rotary tables built once, a given mask always
+    applied, cache slots written by index), so torch.compile takes it whole, CUDA graphs included
+    (compile_forward, gpt-fast's recipe);
   - padding is a boolean key mask instead of an additive finfo.min bias: same softmax weights.
 """
+import copy
 import json
 import math
 import os
 import re
+import time
+import weakref
 from dataclasses import dataclass, replace
 
 import torch
@@ -95,6 +101,8 @@ PRESETS = {  # the real checkpoints' shapes (models.md 1.1, 2.1); handy for benc
                           eos_token_id=156892, stop_ids=(156892,), rope_dim=64, moe=MoEConfig()),
 }
 
+CACHE_ROUND = 256  # KV-cache lengths are rounded up to a multiple of this (Transformer.new_cache)
+
 # -----------------------------------------------------------------------------
 # Small functions: RMSNorm, RoPE, the attention rule
 
@@ -111,8 +119,8 @@ def rms_norm(x, weight, eps, gain_fp32=False):
 def rope_table(n, head_dim, theta):
     """cos/sin for positions 0..n-1, [n, head_dim] each, built on the CPU in fp32 as LLaDA does (so the
     tables are bit-identical wherever the model later runs). Layout: non-interleaved rotate-half."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
-    angle = torch.outer(torch.arange(n, dtype=torch.float), inv_freq)  # (n, head_dim/2)
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device="cpu") / head_dim))
+    angle = torch.outer(torch.arange(n, dtype=torch.float, device="cpu"), inv_freq)  # (n, head_dim/2)
     angle = torch.cat((angle, angle), dim=-1)                          # (n, head_dim)
     return angle.cos(), angle.sin()
 
@@ -135,11 +143,12 @@ def attention_rule(q_pos, k_pos, k_valid, block_size):
     """Which keys each query may see, from absolute positions: (B, 1, Tq, Tk) bool, or None for 'all'.
     Block-causal (SDAR): key block <= query block, blocks of `block_size` counted from position 0, so
     the same rule covers prefill, cached block decoding and whole-sequence forwards. Padding: keys with
-    k_valid False are hidden (LLaDA's Oct-2025 `attention_mask`)."""
+    k_valid False are hidden (LLaDA's Oct-2025 `attention_mask`). A mask that is given is always applied:
+    asking the device whether it hides anything would stop the host until the device caught up."""
     allowed = None
     if block_size:
         allowed = (k_pos[:, None, :] // block_size) <= (q_pos[:, :, None] // block_size)  # (B, Tq, Tk)
-    if k_valid is not None and not bool(k_valid.all()):  # all-valid masks take the unmasked path, like LLaDA
+    if k_valid is not None:
         allowed = k_valid[:, None, :] if allowed is None else allowed & k_valid[:, None, :]
     if allowed is None:
         return None
@@ -149,21 +158,37 @@ def attention_rule(q_pos, k_pos, k_valid, block_size):
 
 
 class KVCache:
-    """Preallocated post-RoPE K/V for every layer, addressed by *slot* (gpt-fast style: written in place,
-    shapes never change). A forward over T tokens writes slots [start, start+T) and attends to slots
-    [0, end). That one operation is every cache the decoders need: SDAR's block step and its store-KV
-    pass (the same call; the last write of a block is the clean one), Fast-dLLM's prefix cache (write the
-    tail, attend to all) and dual cache (overwrite the block in place, attend to the stale suffix too).
-    `pos` and `valid` remember each slot's position and padding so masks can be derived for cached keys."""
+    """Preallocated post-RoPE K/V for every layer, addressed by *slot* (gpt-fast style: static buffers
+    written in place by index, so neither shapes nor addresses change and a CUDA graph can replay the
+    step). A forward over T tokens writes slots [start, start+T) and attends to slots [0, end): in fact to
+    every slot, with the mask hiding those from `end` on and those never written, so that the shapes do
+    not depend on the step. That one operation is every cache the decoders need: SDAR's block step and
+    its store-KV pass (the same call; the last write of a block is the clean one), Fast-dLLM's prefix
+    cache (write the tail, attend to all) and dual cache (overwrite the block in place, attend to the
+    stale suffix too). `pos` and `valid` remember each slot's position and padding (False: padding, or
+    not written yet) so masks can be derived for cached keys."""
 
     def __init__(self, n_layer, batch, n_kv_head, length, head_dim, dtype, device):
-        self.k = torch.zeros(n_layer, batch, n_kv_head, length, head_dim, dtype=dtype, device=device)
-        self.v = torch.zeros_like(self.k)
+        # a (B, Hkv, S, D) tensor per layer, not one (L, B, Hkv, S, D) tensor: a compiled step writes each in
+        # place, where a write through a per-layer view would make the compiler copy that layer's slice
+        shape = (batch, n_kv_head, length, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
+        self.v = [torch.zeros_like(k) for k in self.k]
         self.pos = torch.zeros(batch, length, dtype=torch.long, device=device)
-        self.valid = torch.ones(batch, length, dtype=torch.bool, device=device)
+        self.valid = torch.zeros(batch, length, dtype=torch.bool, device=device)
+        for t in self.buffers():  # CUDA graphs: inputs written in place at a fixed address, never copied in
+            torch._dynamo.mark_static_address(t, guard=False)
 
     def __len__(self):
-        return self.k.shape[3]
+        return self.pos.shape[1]
+
+    def buffers(self):
+        return [*self.k, *self.v, self.pos, self.valid]
+
+    def clear(self):
+        """Forget every slot (Transformer.new_cache hands the buffers out again)."""
+        for t in self.buffers():
+            t.zero_()
 
 # -----------------------------------------------------------------------------
 # Modules. Names follow Hugging Face Llama/Qwen3, so SDAR's key map is the identity; LLaDA's is a rename.
@@ -200,11 +225,12 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
         q, k = apply_rope(q, cos, sin, cfg.rope_fp32), apply_rope(k, cos, sin, cfg.rope_fp32)
-        if kv is not None:  # write this chunk's K/V at its slots, then attend over slots [0, end)
-            k_buf, v_buf, start, end = kv
-            k_buf[:, :, start:start + T] = k
-            v_buf[:, :, start:start + T] = v
-            k, v = k_buf[:, :, :end], v_buf[:, :, :end]
+        if kv is not None:  # write this chunk's K/V at its slots, then attend over slots [0, n)
+            cache, layer, slots, n = kv                          # slots: (T,) indices
+            k_buf, v_buf = cache.k[layer], cache.v[layer]        # (B, Hkv, S, D)
+            k_buf.index_copy_(2, slots, k)
+            v_buf.index_copy_(2, slots, v)
+            k, v = k_buf[:, :, :n], v_buf[:, :, :n]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=cfg.n_kv_head != cfg.n_head)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, cfg.n_head * cfg.head_dim))  # (B, T, H*D)
 
@@ -233,27 +259,38 @@ class Block(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+def check_span(cache, cache_start, T, kv_end):
+    end = cache_start + T
+    if not end <= (kv_end or end) <= len(cache):
+        raise ValueError(f"cache of {len(cache)} slots cannot take slots {cache_start}..{end} "
+                         f"and attend to {kv_end}")
+
+
 def run_layers(layers, rope, x, attention_mask=None, position_ids=None, cache=None, cache_start=0, kv_end=None,
                block_size=None, attn_mask=None):
     """The blocks of a forward, with its bookkeeping: positions, KV-cache slots and the attention rule.
-    Shared by Transformer.forward and MRP's decoder layers (mrp.py), which keep a KV cache of their own."""
+    Shared by Transformer.forward and MRP's decoder layers (mrp.py), which keep a KV cache of their own.
+    cache_start and kv_end are Python ints or 0-d tensors (compiled steps pass tensors, see compile_forward);
+    nothing here reads a value back from the device."""
     B, T, _ = x.shape
-    if position_ids is None:
-        position_ids = torch.arange(cache_start, cache_start + T, device=x.device)
-    position_ids = position_ids.expand(B, T)
-    valid = None if attention_mask is None else attention_mask.bool()
-    kv = [None] * len(layers)
+    slots = cache_start + torch.arange(T, device=x.device)  # the cache slots this chunk writes
+    position_ids = (slots if position_ids is None else position_ids).expand(B, T)
+    valid = None if attention_mask is None else attention_mask.bool().expand(B, T)
+    k_pos, kv = position_ids, [None] * len(layers)
     if cache is not None:
-        end = cache_start + T
-        kv_end = kv_end or end
-        if kv_end > len(cache) or end > kv_end:
-            raise ValueError(f"cache of {len(cache)} slots cannot take slots {cache_start}..{end} and attend to {kv_end}")
-        cache.pos[:, cache_start:end] = position_ids
-        cache.valid[:, cache_start:end] = True if valid is None else valid
-        k_pos, valid = cache.pos[:, :kv_end], cache.valid[:, :kv_end]
-        kv = [(cache.k[i], cache.v[i], cache_start, kv_end) for i in range(len(layers))]
-    else:
-        k_pos = position_ids
+        end = cache_start + T if kv_end is None else kv_end
+        if isinstance(end, int) and isinstance(cache_start, int):  # on the host (compile_forward: before)
+            check_span(cache, cache_start, T, kv_end)
+        cache.pos.index_copy_(1, slots, position_ids)
+        written = torch.ones_like(position_ids, dtype=torch.bool) if valid is None else valid
+        cache.valid.index_copy_(1, slots, written)
+        # keys: slots [0, end) when `end` is an int (eager); every slot when it is a tensor (a compiled step,
+        # whose shapes must not depend on the step), the mask hiding those from `end` on (unwritten or stale)
+        n = end if isinstance(end, int) else len(cache)
+        k_pos, valid = cache.pos[:, :n], cache.valid[:, :n] & (torch.arange(n, device=x.device) < end)
+        kv = [(cache, i, slots, n) for i in range(len(layers))]
+        if attn_mask is not None:  # a given mask covers slots [0, end): hide the rest
+            attn_mask = F.pad(attn_mask, (0, n - attn_mask.shape[-1]), value=False)
     if attn_mask is None:
         attn_mask = attention_rule(position_ids, k_pos, valid, block_size)
     cos, sin = rope(position_ids)
@@ -274,27 +311,52 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        self._rope = (torch.empty(0), torch.empty(0))  # grown on demand, see rope()
+        self.build_rope()
+        self._cache_pool = None  # see new_cache
 
     def init_weights(self, std=0.02):
         """Fresh weights for training from scratch (train.py): N(0, std) matrices, unit norm gains."""
         for name, p in self.named_parameters():
             nn.init.ones_(p) if name.endswith("norm.weight") else nn.init.normal_(p, std=std)
 
+    def build_rope(self, n=None):
+        """The rotary tables for positions 0..n-1 (default max_seq_len), built once here rather than grown
+        in a forward (which would have to ask the device for its largest position). Buffers, so they move
+        with the model; not saved with it. A caller that feeds positions past max_seq_len (Elastic-dLLM's
+        original positions extrapolate) builds longer tables first."""
+        cfg = self.config  # LLaDA2.0 rotates only the first rope_dim dims of a head
+        cos, sin = rope_table(n or cfg.max_seq_len, cfg.rope_dim or cfg.head_dim, cfg.rope_theta)
+        device = self.embed_tokens.weight.device
+        self.register_buffer("rope_cos", cos.to(device), persistent=False)
+        self.register_buffer("rope_sin", sin.to(device), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        # .to(), .cuda(), .to_empty() reach the tables as well: rebuild them, so that they stay fp32 (a cast
+        # to bf16 would round them) and are never left uninitialised
+        super()._apply(fn, recurse)
+        self.build_rope(len(self.rope_cos))
+        return self
+
     def rope(self, position_ids):
-        cos, sin = self._rope
-        need = int(position_ids.max()) + 1
-        if len(cos) < need or cos.device != position_ids.device:
-            n = max(need, self.config.max_seq_len)
-            cfg = self.config
-            cos, sin = (t.to(position_ids.device) for t in
-                        rope_table(n, cfg.rope_dim or cfg.head_dim, cfg.rope_theta))
-            self._rope = (cos, sin)
-        return cos[position_ids][:, None], sin[position_ids][:, None]  # (B, 1, T, D)
+        return self.rope_cos[position_ids][:, None], self.rope_sin[position_ids][:, None]  # (B, 1, T, D)
 
     def new_cache(self, batch, length):
+        """A KVCache of `batch` rows and `length` slots rounded up to a multiple of CACHE_ROUND (so that a
+        whole evaluation shares a few shapes, hence a few compiled graphs; the extra slots are never
+        attended to). The previous cache's buffers are handed out again, cleared, when they fit and
+        nothing holds that cache any more: a CUDA graph replays on fixed addresses, and a fresh allocation
+        for every generation would make it record again."""
         cfg, w = self.config, self.lm_head.weight
-        return KVCache(cfg.n_layer, batch, cfg.n_kv_head, length, cfg.head_dim, w.dtype, w.device)
+        length = -(-length // CACHE_ROUND) * CACHE_ROUND
+        buffers, lent = self._cache_pool or (None, None)
+        if buffers is not None and lent() is None and buffers.pos.shape == (batch, length) \
+                and (buffers.k[0].dtype, buffers.k[0].device) == (w.dtype, w.device):
+            buffers.clear()
+        else:
+            buffers = KVCache(cfg.n_layer, batch, cfg.n_kv_head, length, cfg.head_dim, w.dtype, w.device)
+        cache = copy.copy(buffers)  # its own handle on the same tensors: once dropped, they are free again
+        self._cache_pool = (buffers, weakref.ref(cache))
+        return cache
 
     def forward(self, input_ids=None, attention_mask=None, *, inputs_embeds=None, position_ids=None,
                 cache=None, cache_start=0, kv_end=None, block_size=None, attn_mask=None, return_hidden=False,
@@ -315,6 +377,38 @@ class Transformer(nn.Module):
         h = self.norm(x)
         logits = self.lm_head(h)  # logits stay in the activation dtype, as in both official files
         return (logits, h) if return_hidden else logits
+
+
+def compile_forward(model, mode=None, backend="inductor"):
+    """Compile `model`'s forward in place, gpt-fast's way, and return the model: fullgraph=True (a graph
+    break is an error, not a silent slowdown) and, on CUDA, mode="reduce-overhead": CUDA graphs, so that
+    a step is one launch instead of a few thousand. The decoders pass cache_start / kv_end as Python ints
+    that change at every block; a graph would bake them in as constants and compile (and record) once per
+    block, so they reach it as 0-d tensors, made by a fill kernel (nothing is copied from the host).
+    Shapes stay static within a generation (canvas, cache), so each kind of forward compiles once per
+    shape. model.compile_seconds adds up the wall time of the calls that compiled. backend="eager" traces
+    the graph without generating code (tests check graph capture that way, in seconds)."""
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)  # shapes x kinds
+    on_cuda = model.lm_head.weight.is_cuda and backend == "inductor"
+    step = torch.compile(model.forward, fullgraph=True, backend=backend,
+                         mode=mode or ("reduce-overhead" if on_cuda else None))
+    model.compile_seconds = 0.0
+
+    def forward(input_ids=None, *args, cache=None, cache_start=0, kv_end=None, return_hidden=False, **kw):
+        if cache is not None and not torch.is_tensor(cache_start):
+            T = (input_ids if input_ids is not None else kw["inputs_embeds"]).shape[1]
+            check_span(cache, cache_start, T, kv_end)
+            index = lambda i: torch.full((), i, dtype=torch.long, device=cache.pos.device)
+            cache_start, kv_end = index(cache_start), None if kv_end is None else index(kv_end)
+        graphs, t0 = torch._dynamo.utils.counters["stats"]["unique_graphs"], time.time()
+        # always with the hidden state: SDAR's block step and its store pass then share one graph
+        logits, h = step(input_ids, *args, cache=cache, cache_start=cache_start, kv_end=kv_end,
+                         return_hidden=True, **kw)
+        if torch._dynamo.utils.counters["stats"]["unique_graphs"] != graphs:
+            model.compile_seconds += time.time() - t0
+        return (logits, h) if return_hidden else logits
+    model.forward = forward
+    return model
 
 # -----------------------------------------------------------------------------
 # Official config.json <-> Config
@@ -717,6 +811,7 @@ def from_pretrained(name_or_path, device=None, dtype=None, skip=()):
     model.load_state_dict(state, strict=True, assign=True)
     if cfg.tie_embeddings:  # load_state_dict(assign=True) makes two Parameters; make them one again
         model.lm_head.weight = model.embed_tokens.weight
+    model.build_rope()  # built on the meta device with the rest; derived, so not in the checkpoint
     return model.eval()
 
 

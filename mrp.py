@@ -155,7 +155,7 @@ class Run:
         out = decode.store_block(st, lo, hi)
         if out is not None:
             if self.cache is None:
-                self.cache = self.mrp.new_cache(st.x.shape[0], st.cache.k.shape[3])
+                self.cache = self.mrp.new_cache(st.x.shape[0], len(st.cache))
             self.residual(st, st.x[:, lo:hi], out[1], lo, counter="mrp_store_forwards")
 
 

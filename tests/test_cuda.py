@@ -5,7 +5,9 @@ skipped; they were run on an H100 (README, "Results on a GPU").
 
 Cross-device token equality is a measured property of these prompts, not a law: float32 kernels on the two
 devices round differently, and a near-tie between two candidates could flip. The invariants that are exact
-on any device (SDAR's KV cache, RCD with alpha = 0, MRP's lossless speculation) are asserted on the GPU too."""
+on any device (SDAR's KV cache, RCD with alpha = 0, MRP's lossless speculation) are asserted on the GPU too.
+Also here: no forward and no commit rule waits for the GPU (set_sync_debug_mode), ties break as the official
+per-row topk does on this device, and compiled decoding (inductor + CUDA graphs) gives the eager tokens."""
 import os
 
 import pytest
@@ -113,3 +115,56 @@ def test_elastic_decoding_gives_the_cpu_tokens():
     p, kw = prompts("tiny-llada"), dict(gen_length=56, block_length=8, steps=56, r=4)
     (x_cpu, _), (x_gpu, _) = (mask_compress.decode_elastic(load("tiny-llada", d), p, **kw) for d in ("cpu", CUDA))
     assert torch.equal(x_gpu.cpu(), x_cpu)
+
+
+def test_no_forward_and_no_commit_rule_waits_for_the_gpu():
+    """Every kind of forward the decoders make, and the commit rules given what the host already knows:
+    set_sync_debug_mode("error") raises at the first host synchronisation."""
+    from test_compile import calls
+    for name in ("tiny-llada", "tiny-sdar"):
+        m, cache = load(name, CUDA), None
+        for what, kw in calls(m.config.family, m.config.vocab_size):
+            kw = {k: v.to(CUDA) if torch.is_tensor(v) else v for k, v in kw.items()}
+            if kw.get("cache"):
+                cache = kw["cache"] = cache or m.new_cache(2, kw["cache"])
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                with torch.no_grad():
+                    out = m(**kw)
+                    logits = out[0] if isinstance(out, tuple) else out
+                    x = torch.full(logits.shape[:2], m.config.mask_token_id, device=CUDA)
+                    x0, conf = decode.propose(logits, x, x == x, 0.0, "low_confidence", torch.float64, 1, 2)
+                    decode.commit_topk(conf, 2), decode.commit_dynamic(conf, 0.9, 2)
+                    decode.commit_threshold(conf, 0.9, counts=[logits.shape[1]] * logits.shape[0])
+                    decode.sample_tokens(logits, 1.0, top_k=5, top_p=0.9)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+
+
+def test_ties_break_on_the_gpu_as_the_official_per_row_topk():
+    from test_decode import official_commits, tied_confidences
+    for seed in range(100):
+        conf = tied_confidences(seed, CUDA)
+        n = torch.isfinite(conf).sum(1)
+        k = torch.randint(1, 5, n.shape, generator=torch.Generator().manual_seed(seed)).to(CUDA).minimum(n)
+        assert torch.equal(decode.commit_topk(conf, k), official_commits(conf, k))
+        same = k.min().expand_as(k)
+        assert torch.equal(decode.commit_topk(conf, int(same[0])), official_commits(conf, same))
+        assert torch.equal(decode.commit_threshold(conf, 0.6), official_commits(conf, n, threshold=0.6))
+
+
+def test_compiled_decoding_gives_the_eager_tokens():
+    """--compile on CUDA (inductor, CUDA graphs, the KV cache at fixed addresses): LLaDA threshold with the
+    dual cache and SDAR's dynamic rule with its KV cache, twice each (the second generation replays the
+    graphs the first recorded, on the same cache buffers)."""
+    runs = [("tiny-llada", lambda m, p: decode.generate(m, p, gen_length=56, block_length=8, threshold=0.7,
+                                                        cache="dual")),
+            ("tiny-sdar", lambda m, p: decode.block_generate(m, p, gen_length=56, block_length=32,
+                                                             denoising_steps=32, threshold=0.7))]
+    for name, run in runs:
+        p = prompts(name)
+        eager, _ = run(load(name, CUDA), p)
+        compiled = M.compile_forward(load(name, CUDA))
+        for _ in range(2):
+            assert torch.equal(run(compiled, p)[0], eager), name
+        assert compiled.compile_seconds > 0

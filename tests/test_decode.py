@@ -64,6 +64,44 @@ def test_commit_rules():
     assert D.commit_dynamic(conf, 0.91, 1).tolist() == [[0, 1, 0, 0, 0], [1, 0, 0, 0, 0]]
 
 
+
+def official_commits(confidence, k, threshold=None):
+    """The official commit loops: one torch.topk per row (LLaDA generate.py; Fast-dLLM get_transfer_index)."""
+    transfer = torch.zeros_like(confidence, dtype=torch.bool)
+    for r in range(confidence.shape[0]):
+        idx = torch.topk(confidence[r], int(k[r])).indices
+        transfer[r, idx] = True
+        if threshold is not None:  # rank 0 always, the others only at or above the threshold
+            transfer[r, idx[1:][confidence[r, idx[1:]] < threshold]] = False
+    return transfer
+
+
+def tied_confidences(seed, device="cpu"):
+    """(B, T) confidences drawn from a few levels (0 among them, like EOS under confidence_eos_eot_inf), with
+    -inf off the masks: ties everywhere, which is where a vectorised top-k can pick other positions."""
+    g = torch.Generator().manual_seed(seed)
+    B, T, levels = int(torch.randint(1, 9, (), generator=g)), int(torch.randint(2, 80, (), generator=g)), 3
+    conf = torch.randint(0, levels, (B, T), generator=g).double() / levels
+    conf[torch.rand(B, T, generator=g) < 0.3] = -torch.inf
+    conf[:, 0] = 0.0  # at least one mask per row
+    return conf.to(device)
+
+
+def test_commit_rules_break_ties_as_the_official_per_row_topk():
+    for seed in range(200):
+        conf = tied_confidences(seed)
+        n = torch.isfinite(conf).sum(1)
+        k = torch.minimum(n, torch.randint(1, 5, n.shape, generator=torch.Generator().manual_seed(seed)))
+        assert torch.equal(D.commit_topk(conf, k), official_commits(conf, k))  # per-row counts
+        assert torch.equal(D.commit_topk(conf, int(k.min())), official_commits(conf, k.min().expand_as(k)))
+        assert torch.equal(D.commit_threshold(conf, 0.6), official_commits(conf, n, threshold=0.6))
+        assert torch.equal(D.commit_threshold(conf, 0.6, counts=n.tolist()), D.commit_threshold(conf, 0.6))
+        q = int(k.min())
+        hot = conf > 0.5
+        dyn = torch.where(hot.sum(1, keepdim=True) >= q, hot, official_commits(conf, k.min().expand_as(k)))
+        assert torch.equal(D.commit_dynamic(conf, 0.5, q), dyn)
+
+
 def test_sample_tokens_top_k_and_top_p():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     x0, p = D.sample_tokens(logits)
@@ -222,10 +260,14 @@ def test_decode_py_alone_drives_a_hugging_face_style_model(llada, tmp_path):
 
 
 def test_decoder_loops_copy_nothing_to_the_host(llada, sdar, monkeypatch):
-    """Per-sample forward counts are added up on the device and read once at the end: no .cpu() per step."""
-    monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *a, **k: pytest.fail("a .cpu() in a decoder loop"))
+    """Per-sample forward counts are added up on the device and the canvas is read once, at the end
+    (decode.finish): one .cpu() per generation, none per step."""
+    calls, cpu = [], torch.Tensor.cpu
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *a, **k: calls.append(1) or cpu(self, *a, **k))
     _, stats = D.generate(llada, [[1, 2, 3], [4, 5]], steps=8, gen_length=8, block_length=8, threshold=0.5)
+    assert len(calls) == 1 and stats["nfe"] > 1
     _, stats2 = D.block_generate(sdar, [[1, 2, 3], [4, 5]], gen_length=8, block_length=4, stop_ids=[])
+    assert len(calls) == 2 and stats2["nfe"] > 1
     assert len(stats["nfe_per_sample"]) == len(stats2["nfe_per_sample"]) == 2
 
 

@@ -237,6 +237,49 @@ def test_llada_prefix_and_dual_cache_reproduce_the_full_forward(llada_dir):
     assert (block - full[:, 4:8]).abs().max() < 1e-5
 
 
+def test_cache_offsets_as_tensors_attend_to_the_whole_cache_with_the_same_logits(sdar_dir):
+    """What a compiled step does (model.compile_forward): cache_start / kv_end as 0-d tensors, attention over
+    every slot with the tail masked, so the shapes never depend on the step. Stale keys past the chunk
+    (left by a longer earlier write, as MRP's verification leaves them) stay hidden."""
+    m, L = load(sdar_dir), 4
+    ids = torch.randint(0, 70, (2, 16))
+    as_tensor = lambda i: torch.tensor(i)
+    with torch.no_grad():
+        full = m(ids, block_size=L)
+        cache = m.new_cache(2, 16)
+        m(ids[:, :8], cache=cache, block_size=L)  # prefill
+        junk = torch.randint(0, 70, (2, 4))  # slots 12..15 at positions 0..3, which block 2 could see by position
+        m(junk, position_ids=torch.arange(4), cache=cache, cache_start=as_tensor(12), block_size=L)
+        parts = [m(ids[:, s:s + L], cache=cache, cache_start=as_tensor(s), block_size=L) for s in (8, 12)]
+        dual = m(ids[:, 4:8], cache=cache, cache_start=as_tensor(4), kv_end=as_tensor(16), block_size=L)
+    assert len(cache) == M.CACHE_ROUND  # 16 slots asked for, rounded up; the extra ones are never seen
+    assert (torch.cat(parts, 1) - full[:, 8:]).abs().max() < 1e-5 and (dual - full[:, 4:8]).abs().max() < 1e-5
+
+
+def test_new_cache_reuses_the_buffers_of_a_dropped_cache_only(sdar_dir):
+    m = load(sdar_dir)
+    first = m.new_cache(2, 40)
+    with torch.no_grad():
+        m(torch.randint(0, 70, (2, 8)), cache=first, block_size=4)
+    held = m.new_cache(2, 40)  # `first` is still held: new buffers
+    assert held.k[0].data_ptr() != first.k[0].data_ptr()
+    address = held.k[0].data_ptr()
+    del first, held
+    again = m.new_cache(2, 40)  # a CUDA graph replays on fixed addresses: the same buffers, cleared
+    assert again.k[0].data_ptr() == address and not again.valid.any() and not any(k.any() for k in again.k)
+    assert m.new_cache(3, 40).pos.shape[0] == 3
+
+
+def test_rotary_tables_are_built_once_and_stay_fp32(sdar_dir):
+    m = load(sdar_dir)
+    assert m.rope_cos.shape == (m.config.max_seq_len, m.config.head_dim) and "rope_cos" not in m.state_dict()
+    cos = m.rope_cos.clone()
+    m.to(torch.bfloat16)  # moves the tables with the model, but LLaDA rotates in fp32: they are not rounded
+    assert m.rope_cos.dtype == torch.float32 and torch.equal(m.rope_cos, cos)
+    m.to_empty(device="cpu")  # uninitialised weights, but tables rebuilt
+    assert torch.equal(m.rope_cos, cos)
+
+
 def test_left_padding_hides_pad_keys_and_keeps_positions(llada_dir):
     """Oct-2025 LLaDA: pads are hidden as keys, positions still count them. So a padded row equals the
     unpadded sequence run at positions shifted by the padding."""
