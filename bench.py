@@ -32,11 +32,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 
 import torch
 
 import decode
 import model as M
+import moe
+
+PRESET = {"llada": "llada-8b", "sdar": "sdar-8b", "llada2": "llada2-mini"}  # each family's real shape
 
 
 def random_model(family, device, dtype, n_embd, n_layer, vocab, head_scale, seed=0, full=False):
@@ -45,10 +49,11 @@ def random_model(family, device, dtype, n_embd, n_layer, vocab, head_scale, seed
     (model.PRESETS), built on the meta device and allocated once on `device` in `dtype`: an 8B model is
     16 GB in bf16, and building it in fp32 first would need twice that."""
     torch.manual_seed(seed)
-    base = M.PRESETS["llada-8b" if family == "llada" else "sdar-8b"]
+    base = M.PRESETS[PRESET[family]]
+    build = moe.build if base.moe else M.Transformer  # LLaDA2.0: the Transformer with MoE layers
     if full:
         with torch.device("meta"):
-            net = M.Transformer(base)
+            net = build(base)
         need = sum(p.numel() for p in net.parameters()) * torch.finfo(dtype).bits // 8
         free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else \
             os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -57,10 +62,12 @@ def random_model(family, device, dtype, n_embd, n_layer, vocab, head_scale, seed
                              f"and {device} has {free / 1e9:.1f} GB free")
         net = net.to(dtype).to_empty(device=device)
     else:
-        net = M.Transformer(M.Config(**{
+        small_moe = base.moe and replace(base.moe, n_experts=16, intermediate_size=n_embd // 2)
+        net = build(M.Config(**{
             **base.__dict__, "vocab_size": vocab, "n_embd": n_embd, "n_layer": n_layer, "n_head": n_embd // 64,
-            "n_kv_head": n_embd // 64 // (1 if family == "llada" else 4), "head_dim": 64, "intermediate_size": 3 * n_embd,
-            "mask_token_id": vocab - 1, "eos_token_id": vocab - 2, "stop_ids": (vocab - 2,)}))
+            "n_kv_head": n_embd // 64 // (1 if family == "llada" else 4), "head_dim": 64,
+            "intermediate_size": 3 * n_embd, "mask_token_id": vocab - 1, "eos_token_id": vocab - 2,
+            "stop_ids": (vocab - 2,), "rope_dim": base.rope_dim and 32, "moe": small_moe}))
     net.init_weights()
     with torch.no_grad():
         net.lm_head.weight.mul_(head_scale)  # peaky predictions, see the docstring
@@ -210,7 +217,7 @@ def bandwidth(args, device):
     return 2 * a.numel() / sec, "measured copy"
 
 
-def hot_calls(args, llada, sdar, device):
+def hot_calls(args, llada, sdar, device, llada2=None):
     """The forwards decoding spends its time in (issue 21's table), as {name: prepare(batch)}. prepare()
     fills a KV cache as the decoder would (eagerly: Transformer.forward itself, whatever is compiled) and
     returns the timed call, made exactly as decode.py makes it: the same shapes, strides and arguments, so
@@ -231,6 +238,17 @@ def hot_calls(args, llada, sdar, device):
         step = dict(attention_mask=valid[:, T - 4:], position_ids=pos[:, T - 4:], block_size=4)
         return lambda: sdar(x[:, T - 4:], cache=cache, cache_start=T - 4, **step)
 
+    def llada2_call(B):  # LLaDA2.0's block step: the last block of 32 against the cache
+        T, L = P + args.sdar_gen_length, 32
+        x = random_prompt(llada2, B * T).view(B, T).to(device)
+        pos = torch.arange(T, device=device).repeat(B, 1)
+        valid = torch.ones(B, T, dtype=torch.bool, device=device)
+        cache = llada2.new_cache(B, T)
+        eager(llada2, x[:, :T - L], attention_mask=valid[:, :T - L], position_ids=pos[:, :T - L],
+              cache=cache, block_size=L)
+        return lambda: llada2(x[:, T - L:], attention_mask=valid[:, T - L:], position_ids=pos[:, T - L:],
+                              cache=cache, cache_start=T - L, block_size=L)
+
     def llada_call(B, cached):
         T = P + args.gen_length
         x, cols = random_prompt(llada, B * T).view(B, T).to(device), torch.arange(T, device=device)
@@ -243,13 +261,15 @@ def hot_calls(args, llada, sdar, device):
         return lambda: llada(x[:, span], attention_mask=None, position_ids=span, cache=cache, cache_start=P,
                              kv_end=T)
     return {"sdar-step": lambda B: sdar_call(B, True), "sdar-whole": lambda B: sdar_call(B, False),
-            "llada-whole": lambda B: llada_call(B, False), "llada-dual": lambda B: llada_call(B, True)}
+            "llada-whole": lambda B: llada_call(B, False), "llada-dual": lambda B: llada_call(B, True),
+            "llada2-step": llada2_call}
 
 
 STEP_LABELS = {"sdar-step": "SDAR cached block step, 4 tokens, {S} cached",
                "sdar-whole": "SDAR whole {S} tokens, no cache",
                "llada-whole": "LLaDA whole canvas, {T} tokens",
-               "llada-dual": "LLaDA dual-cache step, {blk} tokens"}
+               "llada-dual": "LLaDA dual-cache step, {blk} tokens",
+               "llada2-step": "LLaDA2.0-mini cached block step, 32 tokens, {S2} cached"}
 
 
 def time_call(call, device, repeats):
@@ -276,19 +296,21 @@ def bench_step(args, device, dtype):
     at every --batch, the other calls at the first. --compile: model.compile_forward (CUDA graphs on
     CUDA); compile time reported apart. Rows are printed as they are measured."""
     llada, sdar = random_models(args, device, dtype)
-    if args.compile:
-        M.compile_forward(llada)
-        M.compile_forward(sdar)
+    nets = {"llada": llada, "sdar": sdar}
+    if "llada2-step" in args.calls:  # the MoE model only when asked for (32 GB in bf16 at its real shape)
+        nets["llada2"], = random_models(args, device, dtype, families=("llada2",))
+    for net in nets.values() if args.compile else ():
+        M.compile_forward(net)
     bw, source = bandwidth(args, device)
     print(f"bandwidth {bw / 1e9:.0f} GB/s ({source})")
-    calls, rows = hot_calls(args, llada, sdar, device), []
-    sizes = dict(S=args.prompt_length + args.sdar_gen_length - 4, T=args.prompt_length + args.gen_length,
-                 blk=args.block_length)
+    calls, rows = hot_calls(args, llada, sdar, device, nets.get("llada2")), []
+    S = args.prompt_length + args.sdar_gen_length
+    sizes = dict(S=S - 4, S2=S - 32, T=args.prompt_length + args.gen_length, blk=args.block_length)
     print(f"\n{'forward':44} {'batch':>5} {'ms':>8} {'kernels':>8} {'GPU busy ms':>12} {'limit ms':>9} "
           f"{'x limit':>8}")
     for name in args.calls:
-        net = sdar if name.startswith("sdar") else llada
-        limit = 1000 * sum(p.numel() * p.element_size() for p in net.parameters()) / bw
+        net = nets[name.split("-")[0]]
+        limit = 1000 * weight_bytes(net) / bw
         for B in args.batch if name == "sdar-step" else args.batch[:1]:
             ms, kernels, busy = time_call(calls[name](B), device, args.repeats)
             rows.append({"call": STEP_LABELS[name].format(**sizes), "batch": B, "ms": ms, "kernels": kernels,
@@ -297,9 +319,20 @@ def bench_step(args, device, dtype):
             print(f"{rows[-1]['call']:44} {B:5d} {ms:8.2f} {k:>8} {g:>12} {limit:9.2f} {ms / limit:7.1f}x",
                   flush=True)
     if args.compile:
-        print(f"compile time (not in the rows above): llada {llada.compile_seconds:.1f} s, "
-              f"sdar {sdar.compile_seconds:.1f} s; {compile_note()}")
+        print("compile time (not in the rows above): " + ", ".join(
+            f"{name} {net.compile_seconds:.1f} s" for name, net in nets.items()) + f"; {compile_note()}")
     return rows
+
+
+def weight_bytes(net):
+    """The bytes one forward must read at least: every weight once; for a mixture of experts only the
+    experts a token uses (top_k of n_experts routed ones; a lower bound at batch 1)."""
+    total = sum(p.numel() * p.element_size() for p in net.parameters())
+    cfg = net.config.moe
+    if cfg:
+        routed = sum(p.numel() * p.element_size() for n, p in net.named_parameters() if ".experts." in n)
+        total -= routed * (1 - cfg.top_k / cfg.n_experts)
+    return total
 
 
 def compile_note():

@@ -2,7 +2,7 @@
 # Issue 21's GPU run in one command, for a machine with one NVIDIA GPU (written for the H200): the CUDA tests,
 # then `bench.py step` at LLaDA-8B and SDAR-8B shapes, eager and compiled, then `bench.py decode --compile`.
 # Each part has its own time limit and a failed part does not stop the next; the whole takes at most 9
-# minutes, compilation included (limits of 505 s in all, plus 5 s a part to stop one that ignores SIGINT).
+# minutes, compilation included (limits of 550 s in all, plus 5 s a part to stop one that ignores SIGINT).
 # Everything is printed and also written to $OUT/log.txt.
 #   bash .gpu/run.sh     from the repository root; OUT defaults to /tmp/gpu-out, PY to python3, and SIZE to 8b
 #                        (SIZE=tiny tries the script itself on a CPU in a few minutes)
@@ -44,11 +44,11 @@ main() {
     part 25 versions "$PY" -c "$PROBE"
     part 10 nvidia-smi nvidia-smi
     local tests="$PY -m pytest -q -p no:cacheprovider --durations=5 tests/test_cuda.py"
-    part 60 tests $tests -k "not compiled_decoding"
-    part 70 step-eager "$PY" bench.py step --size "$SIZE" --batch 1,8,64 --repeats 10
+    part 75 tests $tests tests/test_llada2.py -k "not compiled_decoding and (cuda or not llada2)"
+    part 80 step-eager "$PY" bench.py step --size "$SIZE" --batch 1,8,64 --repeats 10
     local logs=TORCH_LOGS=graph_breaks,recompiles,perf_hints  # why recompiled, why CUDA graphs skipped
-    part 150 step-compiled env $logs "$PY" bench.py step --size "$SIZE" --compile --batch 1,8,64 \
-        --calls sdar-step,llada-dual --repeats 10
+    part 170 step-compiled env $logs "$PY" bench.py step --size "$SIZE" --compile --batch 1,8,64 \
+        --calls sdar-step,llada-dual,llada2-step --repeats 10
     part 150 decode-compiled env $logs "$PY" bench.py decode --size "$SIZE" --compile --runs dual,sdar-cache \
         --sdar-gen-length 128
     part 40 tests-compiled $tests -k "compiled_decoding"
