@@ -642,6 +642,9 @@ def official_name(ours, table):
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 EMBEDDED = os.path.join(REPO, "models")  # the committed embedded models
+# What a checkpoint is made of: the files resolve fetches for a repo id, and all that loading reads
+HUB_FILES = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
+             "tokenizer*", "special_tokens_map.json", "vocab.json", "merges.txt", "*.jinja"]
 
 
 def inside(path, folder):
@@ -669,16 +672,16 @@ def resolve(name_or_path):
             or not re.fullmatch(r"[\w.-]+/[\w.-]+", path)):
         raise FileNotFoundError(f"{name_or_path}: no such folder (and not a Hugging Face repo id 'owner/name')")
     from huggingface_hub import snapshot_download
-    patterns = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
-                "tokenizer*", "special_tokens_map.json", "vocab.json", "merges.txt", "*.jinja"]
     try:
-        return snapshot_download(name_or_path, allow_patterns=patterns)
+        return snapshot_download(name_or_path, allow_patterns=HUB_FILES)
     except Exception as online_error:  # offline or unreachable: fall back to the local cache
         try:
-            return snapshot_download(name_or_path, allow_patterns=patterns, local_files_only=True)
+            return snapshot_download(name_or_path, allow_patterns=HUB_FILES, local_files_only=True)
         except Exception:
-            raise FileNotFoundError(f"{name_or_path}: not a local folder, and the Hugging Face download failed "
-                                    f"({type(online_error).__name__}: {str(online_error)[:200]})") from None
+            why = f"{type(online_error).__name__}: {(str(online_error).strip() or '-').splitlines()[0][:150]}"
+            raise FileNotFoundError(f"{name_or_path}: not a local folder, and not in the Hugging Face cache nor "
+                                    f"downloadable ({why}); check the name and the network, or give a folder "
+                                    "holding the checkpoint") from None
 
 
 def read_json(path, required=True):

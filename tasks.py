@@ -165,12 +165,38 @@ def _read_rows(path, raw):
     raise ValueError(f"{path}: expected a .json, .jsonl or .jsonl.gz file")
 
 
+def hub_file(task, cache_dir=None):
+    """The path of `task`'s pinned data file: from the huggingface_hub cache, else downloaded once. Offline
+    (HF_HUB_OFFLINE=1, or the Hub out of reach) it is one line saying to pass --data, found with a single
+    request instead of the hub's retries (which take half a minute)."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+    spec = BENCHMARKS[task]
+    where = dict(repo_id=spec["repo"], filename=spec["file"], repo_type="dataset", revision=spec["revision"])
+    hint = f"pass --data PATH with a local copy of {spec['repo']}/{spec['file']}"
+    try:
+        return hf_hub_download(**where, cache_dir=cache_dir, local_files_only=True)
+    except Exception:  # not in the cache (the hub's error types vary with its version)
+        pass
+    if constants.HF_HUB_OFFLINE:
+        raise FileNotFoundError(f"{task}: the data file is not in the Hugging Face cache and HF_HUB_OFFLINE is "
+                                f"set; {hint}")
+    try:
+        get_hf_file_metadata(hf_hub_url(**where), timeout=10)  # one request: is the Hub there?
+        return hf_hub_download(**where, cache_dir=cache_dir)
+    except Exception as e:
+        why = f"{type(e).__name__}: {(str(e).strip() or '-').splitlines()[0][:160]}"  # its first line
+        raise FileNotFoundError(f"{task}: cannot download the data file from the Hugging Face Hub ({why}); "
+                                f"{hint}") from None
+
+
 def load_records(task, data=None, limit=None, cache_dir=None):
     """Records of `task` in file order, each a dict with `id` (string), `question` and `gold`; code tasks also
     carry what code_program needs. `data` is a local file; without it the pinned Hub file is downloaded once
     into the huggingface_hub cache (HF_HUB_OFFLINE=1 reads the cache only). Returns (records, info)."""
     if task not in BENCHMARKS:
         raise ValueError(f"unknown task {task!r}; choose from {list(BENCHMARKS)}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit {limit}: must be a positive number of problems")  # [:-5] would drop 5
     spec = BENCHMARKS[task]
     if data is not None:
         path = source = os.fspath(data)
@@ -185,10 +211,7 @@ def load_records(task, data=None, limit=None, cache_dir=None):
     elif spec["repo"] is None:
         raise FileNotFoundError(f"{task}: no JSON/JSONL copy on the Hugging Face Hub; get {spec['origin']} and pass --data PATH")
     else:
-        from huggingface_hub import hf_hub_download  # only the fallback needs it
-        path = hf_hub_download(spec["repo"], spec["file"], repo_type="dataset", revision=spec["revision"],
-                               cache_dir=cache_dir)
-        source = f"{spec['repo']}/{spec['file']}@{spec['revision']}"
+        path, source = hub_file(task, cache_dir), f"{spec['repo']}/{spec['file']}@{spec['revision']}"
     with open(path, "rb") as f:
         raw = f.read()
     sha256 = hashlib.sha256(raw).hexdigest()  # of the bytes as published (compressed, for .gz)
