@@ -20,6 +20,7 @@ What is measured, as the papers report it: accuracy by the task's rule (tasks.py
 tokens (the papers' NFE), generated tokens up to the first stop id, tokens per forward, wall seconds.
 """
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -44,18 +45,20 @@ EMBEDDED = {
     "tiny-sdar-seqd": "python train_residual.py seqd --base models/tiny-sdar --out models/tiny-sdar-seqd",
     "tiny-sdar-rcd": "python train_residual.py rcd --base models/tiny-sdar --reference models/tiny-sdar "
                      "--out models/tiny-sdar-rcd",
-    "tiny-sdar-mrp": "python mrp.py train --backbone models/tiny-sdar --out models/tiny-sdar-mrp",
-    "tiny-sdar-mrp-remask": "python mrp.py train --backbone models/tiny-sdar --reveals 1,2,3,4,6,8,12,16 "
-                            "--reveal-from backbone --steps 3000 --out models/tiny-sdar-mrp-remask",
-    "tiny-sdar-mrp-1lyr": "python mrp.py train --backbone models/tiny-sdar --layers 1 "
+    "tiny-sdar-mrp": "python train_mrp.py train --backbone models/tiny-sdar --out models/tiny-sdar-mrp",
+    "tiny-sdar-mrp-remask": "python train_mrp.py train --backbone models/tiny-sdar --reveals "
+                            "1,2,3,4,6,8,12,16 --reveal-from backbone --steps 3000 "
+                            "--out models/tiny-sdar-mrp-remask",
+    "tiny-sdar-mrp-1lyr": "python train_mrp.py train --backbone models/tiny-sdar --layers 1 "
                           "--out models/tiny-sdar-mrp-1lyr",
     "tiny-llada-seqd": "python train_residual.py seqd --base models/tiny-llada --out models/tiny-llada-seqd",
     "tiny-llada-rcd": "python train_residual.py rcd --base models/tiny-llada --reference models/tiny-llada "
                       "--out models/tiny-llada-rcd"}
 EMBEDDED["tiny-sdar-mrp-remask-long"] = (  # the remasking head trained on: 3,000 + 2,500 + 3,000 steps
-    EMBEDDED["tiny-sdar-mrp-remask"] + ", then python mrp.py train --init models/tiny-sdar-mrp-remask "
+    EMBEDDED["tiny-sdar-mrp-remask"] + ", then python train_mrp.py train --init models/tiny-sdar-mrp-remask "
     "--seed 1 --reveals 1,2,3,4,6,8,12,16 --reveal-from backbone --steps 2500 "
-    "--out runs/tiny-sdar-mrp-remask-cont, then python mrp.py train --init runs/tiny-sdar-mrp-remask-cont "
+    "--out runs/tiny-sdar-mrp-remask-cont, then python train_mrp.py train "
+    "--init runs/tiny-sdar-mrp-remask-cont "
     "--seed 2 --reveals 1,2,3,4,6,8,12,16 --reveal-from backbone --steps 3000 "
     "--out models/tiny-sdar-mrp-remask-long")
 # generation length per task (block length: 32 for LLaDA, 8 on tiny; the checkpoint's block size for SDAR)
@@ -181,15 +184,22 @@ def load(path, method, args, device, dtype):
     """(model, extras): MRP checkpoints load as (backbone, head); RCD may bring a reference model."""
     if method.startswith("mrp"):
         import mrp
-        net, head = mrp.load_mrp(path, device, dtype)
+        net, head = mrp.load_mrp(checkpoint_folder(path), device, dtype)
         return net, {"mrp": head}
-    net = model_lib.from_pretrained(path, device, dtype)
+    net = model_lib.from_pretrained(checkpoint_folder(path), device, dtype)
     extras = {}
     if method == "rcd" and args.reference:
-        extras["reference"] = model_lib.from_pretrained(args.reference, device, net.lm_head.weight.dtype)
+        extras["reference"] = model_lib.from_pretrained(checkpoint_folder(args.reference), device,
+                                                        net.lm_head.weight.dtype)
     for m in (net, *extras.values()) if args.compile else ():
         model_lib.compile_forward(m)
     return net, extras
+
+
+@functools.lru_cache(maxsize=None)
+def checkpoint_folder(path):
+    """model.resolve, once a run (for a repo id it asks the Hub), its refusal in one line."""
+    return decode.or_exit(model_lib.resolve, path)
 
 
 def compile_seconds(*models):
@@ -333,7 +343,7 @@ def settings_for(args, path, method, net, extras):
     settings = [dict(base, steps=st, threshold=th) for st in steps for th in thresholds]
     for s in settings:
         s["name"] = setting_name(s)
-        folders = [model_lib.resolve(p) for p in (path, s.get("reference") and args.reference) if p]
+        folders = [checkpoint_folder(p) for p in (path, s.get("reference") and args.reference) if p]
         s["fingerprint"] = fingerprint(folders, s, args, net.lm_head.weight.dtype)
     return base, settings
 
@@ -385,7 +395,7 @@ def method_knobs(method, base):
 def run_one(args, runs, path, method, net, extras, records, info, rank, world):
     """One (checkpoint, method) of the plan: every setting over this rank's share of the problems, resumed
     from its log. Returns the settings' summaries, {setting: {id: correct}}, a header and the base setting."""
-    tok = load_tokenizer(model_lib.resolve(path))
+    tok = decode.or_exit(load_tokenizer, checkpoint_folder(path))
     base, settings = settings_for(args, path, method, net, extras)
     shard, family, dtype = records[rank::world], net.config.family, net.lm_head.weight.dtype
     samples = samples_path(args, runs, path, method, rank, world)
@@ -398,12 +408,11 @@ def run_one(args, runs, path, method, net, extras, records, info, rank, world):
               f"{method} with {path} ({family}) on {device_name} in {dtype}; {len(settings)} setting(s); "
               f"{len(done)} samples already in {samples}")
     from tqdm import tqdm
-    bar = tqdm(total=len(shard) * len(settings), desc=method, disable=rank != 0,
-               initial=sum((s["name"], r["id"]) in done for s in settings for r in shard))
-    with open(samples, "a") as log:
+    initial = sum((s["name"], r["id"]) in done for s in settings for r in shard)
+    with tqdm(total=len(shard) * len(settings), desc=method, disable=rank != 0, initial=initial) as bar, \
+            open(samples, "a") as log:  # the bar closed before any Ctrl-C message
         for s in settings:
             run_setting(net, tok, shard, s, args, done, log, bar)
-    bar.close()
     mine = [done[(s["name"], r["id"])] for s in settings for r in shard]
     if world > 1:
         import torch.distributed as dist
@@ -433,12 +442,12 @@ def run(args, runs):
     if args.device is None and torch.cuda.is_available():
         device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    records, info = tasks.load_records(args.task, args.data, args.limit)
+    records, info = decode.or_exit(tasks.load_records, args.task, args.data, args.limit)
     rows, header, loaded, correct = [], None, {}, {}
     for path, method in runs:
         how = args.method if path == args.model else method  # an MRP checkpoint's backbone serves both runs
         if (path, how) not in loaded:
-            loaded[(path, how)] = load(path, how, args, device, dtype)
+            loaded[(path, how)] = decode.or_exit(load, path, how, args, device, dtype)  # bad files: one line
         net, extras = loaded[(path, how)]
         run_rows, correct[(path, method)], run_header, base = run_one(args, runs, path, method, net, extras,
                                                                       records, info, rank, world)
@@ -734,8 +743,47 @@ def sweep(value, kind, flag):
         raise SystemExit(f"{flag} {value}: expected comma-separated {kind.__name__} values") from None
 
 
+# Flags that count something: positive integers where given
+COUNTS = ("batch_size", "limit", "gen_length", "block_length", "mrp_steps", "budget")
+
+
+def check_numbers(args):
+    """Numbers no run can use (argparse checks only their type), and the sweeps parsed: one line each."""
+    for name in COUNTS:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} {getattr(args, name)}: must be a positive integer")
+    if not 0 <= args.temperature < math.inf:
+        raise SystemExit(f"--temperature {args.temperature}: must be a finite number >= 0 (0 = greedy)")
+    if not 0 < args.code_timeout < math.inf:
+        raise SystemExit(f"--code-timeout {args.code_timeout}: must be a positive number of seconds")
+    if not math.isfinite(args.delta):
+        raise SystemExit(f"--delta {args.delta}: must be a finite number")
+    steps, thresholds = sweep(args.steps, int, "--steps"), sweep(args.thresholds, float, "--thresholds")
+    if any(v is not None and v < 1 for v in steps):
+        raise SystemExit(f"--steps {args.steps}: each must be a positive integer")
+    if any(v is not None and not 0 < v <= 1 for v in thresholds):
+        raise SystemExit(f"--thresholds {args.thresholds}: each must be in (0, 1]")
+    return steps, thresholds
+
+
+def check_paths(args):
+    """--device, --samples and --out checked before hours of decoding, not after."""
+    try:
+        device = torch.device(args.device or "cpu")
+    except RuntimeError:
+        raise SystemExit(f"--device {args.device}: expected cuda, cuda:N, cpu or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: no CUDA device here (torch {torch.__version__})")
+    for flag, path in (("--samples", args.samples), ("--out", args.out)):
+        if path and os.path.isdir(path):
+            raise SystemExit(f"{flag} {path}: is a folder; give a file name")
+        if flag == "--out" and path and not os.path.isdir(os.path.dirname(path) or "."):
+            raise SystemExit(f"--out {path}: no such folder {os.path.dirname(path)}")
+
+
 def check_args(args):
-    """The method's defaults filled in, and contradictory flags refused in one line, before a model loads."""
+    """The method's defaults filled in, and contradictory flags or impossible numbers refused in one line,
+    before a model loads."""
     defaults = DEFAULTS.get(args.method, {})
     args.model = args.model or defaults.get("model", DEFAULT_MODEL)
     args.thresholds = args.thresholds or defaults.get("thresholds")
@@ -758,7 +806,8 @@ def check_args(args):
         raise SystemExit("--compare and --no-compare contradict each other: give one")
     if refusal := tasks.code_exec_refusal(args.task, args.allow_code_exec):  # not a 0 % score
         raise SystemExit(refusal)
-    args.sweep = sweep(args.steps, int, "--steps"), sweep(args.thresholds, float, "--thresholds")
+    args.sweep = check_numbers(args)
+    check_paths(args)
     return args
 
 
@@ -775,11 +824,13 @@ def plan(args):
     elif args.compare:
         raise SystemExit(f"--compare: --method {args.method} has no research counterpart; run eval.py twice "
                          "instead")
-    for path, _ in runs:
+    for path in [p for p, _ in runs] + [args.reference] * bool(args.reference):
         name = os.path.basename(os.path.normpath(path))
-        if os.path.dirname(os.path.abspath(path)) == os.path.join(HERE, "models") and not os.path.isdir(path):
-            raise SystemExit(f"{path}: this embedded model is not in the checkout; make it with: "
-                             f"{EMBEDDED.get(name, '?')}")
+        if (os.path.dirname(os.path.abspath(path)) == os.path.join(HERE, "models") and name in EMBEDDED
+                and not os.path.isdir(path)):
+            raise SystemExit(f"{path}: this embedded model is not in the checkout; restore it with `git "
+                             f"checkout -- models/{name}`, or make it with: {EMBEDDED[name]}")
+        checkpoint_folder(path)  # a typo, or a repo id out of reach: one line, before any model loads
     return runs
 
 
@@ -792,4 +843,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    import train
+    train.interrupted(main)  # Ctrl-C: "interrupted; rerun the same command to resume", exit 130
