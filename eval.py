@@ -12,7 +12,8 @@ A method is one entry of METHODS (name -> decoder call); `--steps` and `--thresh
 A research method runs next to its counterpart, the plain decoder it improves on at the same settings,
 and the two are compared problem by problem. Every sample is written as one JSONL line as soon as it is
 scored (id, output, extracted answer, correct, forwards, tokens, seconds), so an interrupted run started
-again with the same command skips what is done and ends with the same totals. At the end: a table for
+again with the same command skips what is done and ends with the same answers; a log written by another
+checkpoint, data or flags that change answers is refused (see fingerprint). At the end: a table for
 people with a text chart, `--out results.json` and `--json` (a last line of JSON) for scripts. Under
 torchrun, samples are sharded across ranks (rank r takes every world-th sample) and merged on rank 0.
 What is measured, as the papers report it: accuracy by the task's rule (tasks.py: GSM8K's `####` /
@@ -20,11 +21,13 @@ What is measured, as the papers report it: accuracy by the task's rule (tasks.py
 tokens (the papers' NFE), generated tokens up to the first stop id, tokens per forward, wall seconds.
 """
 import argparse
+import fnmatch
 import functools
 import hashlib
 import json
 import math
 import os
+import re
 import sys
 import time
 
@@ -217,25 +220,58 @@ def setting_name(s):
     return ",".join(f"{k}={s[k]}" for k in keys) or f"steps={default}"
 
 
-def fingerprint(folders, s, args, dtype):
-    """What a logged sample depends on besides its problem: the weights (size and the first and last MiB of
-    every weight file: retraining changes them), the setting with every knob, the dtype and the seed. A log
-    line carries hash(fingerprint + problem), so a resumed run never reuses results of another model, data or
-    settings (e.g. a changed --gen-length)."""
+FULL_HASH_BYTES = 256 << 20  # files up to this size are hashed in full (a fraction of a second each)
+
+
+def file_digest(path):
+    """A file's sha256, or for a weight file over FULL_HASH_BYTES (hashing a 16 GB checkpoint would take
+    minutes per run) a rule: the Hugging Face Hub's own sha256 of it when it is a blob of the hub's cache
+    (the hub names LFS blobs by their sha256), else its size, its safetensors header (every tensor's name,
+    dtype, shape and offsets) and 16 one-MiB samples evenly spaced from its first to its last byte. Any
+    retraining, conversion or cast changes those; an edit of a few bytes of a big local file between two
+    samples is not seen: after such an edit, start a new log."""
+    size, blob = os.path.getsize(path), os.path.realpath(path)
     h = hashlib.sha256()
-    for folder, name in sorted((d, n) for d in folders for n in os.listdir(d)):
-        if name.endswith((".safetensors", ".bin", ".pt")) and name != "train_state.pt":
-            path = os.path.join(folder, name)
-            size = os.path.getsize(path)
-            with open(path, "rb") as f:
-                h.update(f"{name}:{size}".encode() + f.read(1 << 20))
-                f.seek(max(0, size - (1 << 20)))
-                h.update(f.read(1 << 20))
+    with open(path, "rb") as f:
+        if size <= FULL_HASH_BYTES:
+            for chunk in iter(lambda: f.read(1 << 24), b""):
+                h.update(chunk)
+            return h.hexdigest()
+        if os.path.basename(os.path.dirname(blob)) == "blobs" and re.fullmatch("[0-9a-f]{64}",
+                                                                                os.path.basename(blob)):
+            return os.path.basename(blob)
+        h.update(f"{size}".encode())
+        if path.endswith(".safetensors"):  # an 8-byte length, then the JSON header
+            h.update(f.read(min(int.from_bytes(f.read(8), "little"), 1 << 28)))
+        for k in range(16):
+            f.seek((size - (1 << 20)) * k // 15)
+            h.update(f.read(1 << 20))
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def folder_digest(folder):
+    """What a checkpoint folder brings to a fingerprint: every file loading reads (model.HUB_FILES: the
+    config, generation config, tokenizer files and weights), each by file_digest. Computed once a run."""
+    names = sorted(n for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n))
+                   and any(fnmatch.fnmatch(n, p) for p in model_lib.HUB_FILES))
+    return hashlib.sha256("".join(f"{n} {file_digest(os.path.join(folder, n))}\n"
+                                  for n in names).encode()).hexdigest()
+
+
+def fingerprint(digests, s, args, dtype, device="cpu", world=1):
+    """What a logged sample depends on besides its problem: the checkpoint folders' digests (folder_digest:
+    config, tokenizer, weights), the task's prompt, the setting with every knob, and what else changes its
+    tokens: dtype, device type, seed, --batch-size and the number of ranks (a batch's padding, order and
+    sampling noise depend on its neighbours), and for code tasks --allow-code-exec and --code-timeout. A
+    log line carries hash(fingerprint + problem), so a resumed run never reuses a result that a fresh run
+    could give differently. Not in it: --compile (the same answers, tests/test_compile.py) and this
+    project's own code (after changing a decoder, start a new log)."""
     # name: the effective steps / threshold, so --steps 56 reuses a default run
     used = ("method", "family", "gen_length", "block_length", "name", "temperature", "cache",
             *METHOD_KNOBS.get(s["method"], ()))
     knobs = {k: s[k] for k in used}
-    if s["method"] == "rcd" and s["rcd_init"] == "dirichlet":  # only where used: other logs stay valid
+    if s["method"] == "rcd" and s["rcd_init"] == "dirichlet":  # only where used: the other runs share logs
         knobs["concentration"] = s["concentration"]
     if s["method"] == "rcd" and s.get("alpha_scale", 1.0) != 1.0:  # likewise only where not the paper's
         knobs["alpha_scale"] = s["alpha_scale"]
@@ -243,12 +279,16 @@ def fingerprint(folders, s, args, dtype):
         knobs["rcd_source"] = s["rcd_source"]
     if s["method"] == "elastic":  # likewise only where not the paper's layout
         knobs.update({k: s[k] for k, v in ELASTIC_LAYOUT.items() if s.get(k, v) != v})
-    h.update(json.dumps([knobs, str(dtype), args.seed, args.task], sort_keys=True).encode())
-    return h.hexdigest()
+    run = [str(dtype), torch.device(device).type, args.seed, args.batch_size, world, args.task,
+           tasks.BENCHMARKS[args.task]["prompt"]]
+    if tasks.BENCHMARKS[args.task]["metric"] == "pass@1":
+        run += [args.allow_code_exec, args.code_timeout]
+    return hashlib.sha256(json.dumps([list(digests), knobs, run], sort_keys=True).encode()).hexdigest()
 
 
 def sample_key(fp, record):
-    problem = json.dumps([record["question"], record["gold"]], default=str)
+    """hash(fingerprint + the whole record): question, answer, and for code tasks the tests."""
+    problem = json.dumps(record, sort_keys=True, default=str)
     return hashlib.sha256((fp + problem).encode()).hexdigest()[:16]
 
 
@@ -323,7 +363,7 @@ def default_block_length(family, block_size, task):
     return 8 if task == "tiny" else 32
 
 
-def settings_for(args, path, method, net, extras):
+def settings_for(args, path, method, net, extras, world):
     """(base, settings): the run's shared setting, and one setting per --steps x --thresholds value, each
     with its name and fingerprint."""
     mrp_steps = args.mrp_steps
@@ -341,10 +381,12 @@ def settings_for(args, path, method, net, extras):
                                                                        args.task), **extras)
     steps, thresholds = args.sweep
     settings = [dict(base, steps=st, threshold=th) for st in steps for th in thresholds]
+    weight = net.lm_head.weight
+    folders = (path, "reference" in extras and args.reference)
+    digests = [folder_digest(checkpoint_folder(p)) for p in folders if p]
     for s in settings:
         s["name"] = setting_name(s)
-        folders = [checkpoint_folder(p) for p in (path, s.get("reference") and args.reference) if p]
-        s["fingerprint"] = fingerprint(folders, s, args, net.lm_head.weight.dtype)
+        s["fingerprint"] = fingerprint(digests, s, args, weight.dtype, weight.device, world)
     return base, settings
 
 
@@ -359,26 +401,50 @@ def samples_path(args, runs, path, method, rank, world):
     return f"{samples}.rank{rank}" if world > 1 else samples
 
 
+def read_log(samples):
+    """[(line number, row)] of a JSONL log, and the length in bytes of its complete lines. A last line
+    without its newline is what a killed writer leaves: it is dropped with a note (that sample runs again);
+    any other line that is not a sample record is a one-line error naming the file and the line."""
+    with open(samples, "rb") as f:
+        data = f.read()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        print(f"{samples}: the last line was cut off (an interrupted write); dropped, that sample runs again")
+    rows = []
+    for n_line, line in enumerate(data[:end].split(b"\n")[:-1], 1):
+        try:
+            row = json.loads(line)
+        except ValueError:  # not JSON, or not UTF-8
+            row = None
+        if not (isinstance(row, dict) and {"setting", "id"} <= set(row)):
+            raise SystemExit(f"{samples}, line {n_line}: not a sample record (a torn or edited line); move "
+                             "the file away or name another with --samples")
+        rows.append((n_line, row))
+    return rows, end
+
+
 def resume(samples, settings, shard, task):
     """The samples a log already holds, {(setting, id): row}; a line written by another model, data or
     setting, or a code task's line scored without running its program, stops the run, leaving the log as
-    it is."""
+    it is. Only once the whole log is accepted is a cut-off last line truncated away, before appending."""
     done = {}
     if not os.path.exists(samples):
         return done
     wanted = {(s["name"], r["id"]): sample_key(s["fingerprint"], r) for s in settings for r in shard}
-    with open(samples) as f:
-        for n_line, line in enumerate(f, 1):
-            row = json.loads(line)
-            if tasks.scored_without_exec(task, row):
-                raise SystemExit(f"{samples}, line {n_line}: scored without running its program (no "
-                                 "--allow-code-exec); move the file away or name another with --samples")
-            key = (row["setting"], row["id"])
-            if key in wanted and row.get("key") != wanted[key]:
-                raise SystemExit(f"{samples}, line {n_line}: written by another model, data or setting "
-                                 f"({row['setting']}, {row['id']}); move the file away or name another with "
-                                 "--samples")
-            done[key] = row
+    rows, end = read_log(samples)
+    for n_line, row in rows:
+        if tasks.scored_without_exec(task, row):
+            raise SystemExit(f"{samples}, line {n_line}: scored without running its program (no "
+                             "--allow-code-exec); move the file away or name another with --samples")
+        key = (row["setting"], row["id"])
+        if key in wanted and row.get("key") != wanted[key]:
+            raise SystemExit(f"{samples}, line {n_line}: written by another model, data or setting "
+                             f"({row['setting']}, {row['id']}; the checkpoint's files, the problem and every "
+                             "flag that changes an answer must match); move the file away or name another "
+                             "with --samples")
+        done[key] = row
+    if end < os.path.getsize(samples):
+        os.truncate(samples, end)
     return done
 
 
@@ -396,7 +462,7 @@ def run_one(args, runs, path, method, net, extras, records, info, rank, world):
     """One (checkpoint, method) of the plan: every setting over this rank's share of the problems, resumed
     from its log. Returns the settings' summaries, {setting: {id: correct}}, a header and the base setting."""
     tok = decode.or_exit(load_tokenizer, checkpoint_folder(path))
-    base, settings = settings_for(args, path, method, net, extras)
+    base, settings = settings_for(args, path, method, net, extras, world)
     shard, family, dtype = records[rank::world], net.config.family, net.lm_head.weight.dtype
     samples = samples_path(args, runs, path, method, rank, world)
     os.makedirs(os.path.dirname(samples) or ".", exist_ok=True)

@@ -1,5 +1,10 @@
-"""eval.py as a careless or unlucky user meets it (issue 20, section 4): bad input as one line.
+"""eval.py as a careless or unlucky user meets it (issue 20, sections 3 and 4): no stale result, and bad input
+as one line.
 
+- stale results: a log is resumed only by a run that would give the same answers; an edited config.json,
+  generation config, tokenizer file, weight, data record or any flag that changes tokens makes the same
+  command refuse the log in one line (and leave it as it was); a cut-off last line (a killed writer) is
+  dropped with a note, a torn line elsewhere is one line naming the file and the line;
 - the command line: impossible numbers, path typos, a missing embedded model, the Hub out of reach, bad
   checkpoints and Ctrl-C, each one line (Ctrl-C: exit 130), checked before any model loads where possible.
 """
@@ -13,6 +18,8 @@ import sys
 import time
 
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
 import model as M
 import tasks
@@ -34,6 +41,10 @@ def data_file(path, n=2, edit=None):
     (edit or (lambda r: None))(rows)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
+
+
+def last_json(capsys):
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
 def answers(text):
@@ -157,3 +168,186 @@ def test_ctrl_c_is_one_line_and_the_same_command_resumes(tmp_path):
     subprocess.run([*argv, "--samples", str(log)], cwd=ROOT, check=True, capture_output=True)
     subprocess.run([*argv, "--samples", str(whole)], cwd=ROOT, check=True, capture_output=True)
     assert answers(log.read_text()) == answers(whole.read_text())
+
+# ---------------------------------------------------------------------------------------------------
+# stale results: a log is resumed only by a run that would give the same answers
+
+
+def flip_a_middle_weight(folder):
+    path = os.path.join(folder, "model.safetensors")
+    sd = load_file(path)
+    key = sorted(sd)[len(sd) // 2]
+    sd[key] = sd[key].clone()
+    sd[key].view(-1)[sd[key].numel() // 2] += 1e-3  # same size, same header, one value changed
+    save_file(sd, path)
+
+
+def edit_json(path, edit):
+    data = json.load(open(path))
+    edit(data)
+    json.dump(data, open(path, "w"), indent=1)
+
+
+FILE_EDITS = {  # what a user may change in a checkpoint folder between two runs of the same command
+    "config.json rope_theta": lambda f: edit_json(f + "/config.json", lambda d: d.update(rope_theta=10.0)),
+    "generation_config.json": lambda f: edit_json(f + "/generation_config.json", lambda d: d.update(steps=8)),
+    "tokenizer_config.json": lambda f: edit_json(f + "/tokenizer_config.json",
+                                                 lambda d: d.update(chat_template=d["chat_template"] + " ")),
+    "tokenizer.json rewritten": lambda f: edit_json(f + "/tokenizer.json", lambda d: None),
+    "a weight": flip_a_middle_weight,
+}
+FLAG_CHANGES = [["--batch-size", "1"], ["--seed", "1"], ["--temperature", "0.5"], ["--dtype", "bfloat16"],
+                ["--gen-length", "16", "--steps", "8"], ["--block-length", "4"]]  # the same setting name
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory):
+    """A run of the same command on a copy of tiny-llada: (folder, data file, its log's text, argv)."""
+    root = tmp_path_factory.mktemp("logged")
+    folder = str(root / "model")
+    shutil.copytree(TINY, folder)
+    data = data_file(root / "data.jsonl")
+    argv = ["--data", data, *SHORT, "--json"]
+    code, line = eval_cli("--model", folder, *argv, "--samples", str(root / "log.jsonl"))
+    assert code in (0, None), line
+    return folder, data, (root / "log.jsonl").read_text(), argv
+
+
+def rerun(tmp_path, logged, folder=None, extra=(), data=None):
+    """The logged command again (on `folder`, with `extra` flags), resuming a copy of its log."""
+    original, data_path, text, argv = logged
+    log = tmp_path / "log.jsonl"
+    log.write_text(text)
+    argv = [(data if data and a == data_path else a) for a in argv]
+    return (*eval_cli("--model", folder or original, *argv, *extra, "--samples", str(log)), log)
+
+
+def test_the_same_command_on_an_identical_copy_resumes(tmp_path, logged, capsys):
+    copy = str(tmp_path / "copy")
+    shutil.copytree(logged[0], copy)  # another path, the same files: the same answers
+    code, _, log = rerun(tmp_path, logged, copy)
+    assert code in (0, None) and log.read_text() == logged[2]
+    assert last_json(capsys)["rows"][0]["n"] == 2
+
+
+@pytest.mark.parametrize("edit", list(FILE_EDITS))
+def test_an_edited_checkpoint_file_refuses_the_old_log(tmp_path, logged, edit):
+    copy = str(tmp_path / "copy")
+    shutil.copytree(logged[0], copy)
+    FILE_EDITS[edit](copy)
+    code, line, log = rerun(tmp_path, logged, copy)
+    assert isinstance(code, str) and "written by another model, data or setting" in line and "\n" not in line
+    assert log.read_text() == logged[2]  # left as it was
+
+
+@pytest.mark.parametrize("extra", FLAG_CHANGES, ids=[" ".join(f) for f in FLAG_CHANGES])
+def test_a_flag_that_changes_tokens_refuses_the_old_log(tmp_path, logged, extra):
+    code, line, log = rerun(tmp_path, logged, extra=extra)
+    assert isinstance(code, str) and "written by another model, data or setting" in line, line
+    assert log.read_text() == logged[2]
+
+
+def test_an_edited_data_record_refuses_the_old_log(tmp_path, logged):
+    def other_answer(rows):
+        rows[1]["answer"] = rows[1]["answer"].replace("####", "#### 1")
+    data = data_file(tmp_path / "data.jsonl", edit=other_answer)
+    code, line, log = rerun(tmp_path, logged, data=data)
+    assert isinstance(code, str) and "line 2: written by another model, data or setting" in line, line
+    assert log.read_text() == logged[2]
+
+
+def test_a_cut_off_last_line_is_dropped_with_a_note_and_run_again(tmp_path, logged, capsys):
+    original, _, text, argv = logged
+    log = tmp_path / "log.jsonl"
+    log.write_text(text[:len(text) - 40])  # the writer killed in the middle of the last line
+    code, _ = eval_cli("--model", original, *argv, "--samples", str(log))
+    assert code in (0, None) and "the last line was cut off (an interrupted write); dropped" in capsys.readouterr().out
+    assert answers(log.read_text()) == answers(text)  # cut away before appending, then run again whole
+
+
+@pytest.mark.parametrize("garbage", ['{"setting": "steps=8", "id"', "not json", '["a", "list"]', '{"no": "id"}'])
+def test_a_torn_line_in_the_middle_is_one_line_naming_file_and_line(tmp_path, logged, garbage):
+    original, _, text, argv = logged
+    log = tmp_path / "log.jsonl"
+    lines = text.splitlines(keepends=True)
+    log.write_text(garbage + "\n" + "".join(lines[1:]))
+    code, line = eval_cli("--model", original, *argv, "--samples", str(log))
+    assert line == f"{log}, line 1: not a sample record (a torn or edited line); move the file away or name " \
+                   "another with --samples"
+    assert log.read_text() == garbage + "\n" + "".join(lines[1:])
+
+
+@pytest.mark.slow
+def test_rope_theta_edited_no_longer_reports_the_old_accuracy(tmp_path, capsys):
+    """The issue's case: after rope_theta is edited, the same command used to report the old accuracy from
+    the log; it now refuses the log, and a fresh run shows what the edited model really does."""
+    folder = str(tmp_path / "model")
+    shutil.copytree(TINY, folder)
+    argv = ["--model", folder, "--limit", "2", "--json", "--samples", str(tmp_path / "log.jsonl")]
+    assert eval_cli(*argv)[0] in (0, None)
+    before = last_json(capsys)["rows"][0]["accuracy"]
+    edit_json(folder + "/config.json", lambda d: d.update(rope_theta=10.0))
+    code, line = eval_cli(*argv)
+    assert isinstance(code, str) and "written by another model, data or setting" in line
+    assert eval_cli(*argv[:-1], str(tmp_path / "fresh.jsonl"))[0] in (0, None)
+    assert before == 100.0 and last_json(capsys)["rows"][0]["accuracy"] < before
+
+
+def test_fingerprint_covers_the_flags_that_change_answers():
+    import argparse
+    import eval as E
+    s = dict(method="baseline", family="llada", gen_length=8, block_length=8, name="steps=8", temperature=0.0,
+             cache=None)
+    args = lambda **kw: argparse.Namespace(**{"seed": 0, "task": "humaneval", "batch_size": 16,
+                                               "allow_code_exec": True, "code_timeout": 3.0, **kw})
+    fp = lambda digests=("a",), dtype=torch.float32, device="cpu", world=1, **kw: E.fingerprint(
+        digests, s, args(**kw), dtype, device, world)
+    variants = [fp(), fp(digests=("b",)), fp(dtype=torch.bfloat16), fp(device="cuda:0"), fp(world=2), fp(seed=1),
+                fp(batch_size=8), fp(code_timeout=10.0), fp(allow_code_exec=False), fp(task="mbpp")]
+    assert len(set(variants)) == len(variants)
+    assert fp(device="cuda:0") == fp(device="cuda:1")  # the device type, not its number
+    tiny = lambda **kw: fp(task="tiny", **kw)  # the code flags mean nothing to a task without code
+    assert tiny() == tiny(code_timeout=10.0) == tiny(allow_code_exec=False)
+
+
+def test_big_weight_files_are_fingerprinted_by_the_documented_rule(tmp_path, monkeypatch):
+    """Files over FULL_HASH_BYTES: the hub's own sha256 for a hub-cache blob; else size, safetensors header
+    and 16 one-MiB samples (an edit between two samples goes unseen: the rule's documented limit). Files up
+    to FULL_HASH_BYTES: every byte."""
+    import eval as E
+    path = str(tmp_path / "model.safetensors")
+    tensors = {"a": torch.zeros(4 << 20), "b": torch.zeros(4 << 20)}  # 32 MiB
+    save_file(tensors, path)
+    size, mib = os.path.getsize(path), 1 << 20
+
+    def digests():  # (by the rule, in full)
+        monkeypatch.setattr(E, "FULL_HASH_BYTES", mib)
+        rule = E.file_digest(path)
+        monkeypatch.setattr(E, "FULL_HASH_BYTES", 1 << 30)
+        return rule, E.file_digest(path)
+    before = digests()
+
+    def seen(edit):
+        shutil.copy(path, path + ".bak")
+        edit()
+        after = digests()
+        shutil.move(path + ".bak", path)
+        return [a != b for a, b in zip(after, before)]
+    assert seen(lambda: save_file({"a": tensors["a"], "c": tensors["b"]}, path)) == [True, True]  # header
+
+    def poke(offset):
+        def edit():
+            with open(path, "r+b") as f:
+                f.seek(offset)
+                f.write(b"\x01")
+        return edit
+    sample_7 = (size - mib) * 7 // 15
+    gap = (size - mib) // 15 + mib + 1000  # after the second sample, before the third
+    for offset, by_rule in ((size - 1, True), (sample_7 + mib // 3, True), (gap, False)):
+        assert seen(poke(offset)) == [by_rule, True], offset
+    blobs = tmp_path / "hub" / "blobs"
+    blobs.mkdir(parents=True)
+    shutil.copy(path, blobs / ("ab" * 32))
+    os.symlink(blobs / ("ab" * 32), tmp_path / "hub" / "model.safetensors")
+    monkeypatch.setattr(E, "FULL_HASH_BYTES", mib)
+    assert E.file_digest(str(tmp_path / "hub" / "model.safetensors")) == "ab" * 32  # the hub's sha256

@@ -215,7 +215,7 @@ def test_dirichlet_concentration_is_part_of_the_rcd_setting_only():
     nothing for its counterpart (whose SeqD log must stay reusable) or for the other starts."""
     import argparse
     import eval as E
-    args = argparse.Namespace(seed=0, task="tiny")
+    args = argparse.Namespace(seed=0, task="tiny", batch_size=16)
     s = dict(method="rcd", family="llada", gen_length=8, block_length=8, name="steps=8", temperature=0.0, cache=None,
              t_res=1.0, rcd_init="dirichlet", concentration=1.0)
     fp = lambda **kw: E.fingerprint([], {**s, **kw}, args, torch.float32)
@@ -232,7 +232,7 @@ def test_elastic_layout_knobs_are_part_of_the_setting_only_when_changed():
     a run with any of them changed gets a setting of its own."""
     import argparse
     import eval as E
-    args = argparse.Namespace(seed=0, task="tiny")
+    args = argparse.Namespace(seed=0, task="tiny", batch_size=16)
     s = dict(method="elastic", family="llada", gen_length=8, block_length=8, name="steps=8", temperature=0.0,
              cache=None, r=4, budget=None, positions="original", sampler="stride", terminal=True, window=0)
     fp = lambda **kw: E.fingerprint([], {**s, **kw}, args, torch.float32)
