@@ -206,6 +206,9 @@ def check_prompt(rows, mask_id, gen_length, limit):
         raise ValueError("prompt: empty")
     if any(bool((r == mask_id).any()) for r in rows):
         raise ValueError(f"prompt: contains the mask id {mask_id}")
+    if limit and gen_length >= limit:  # no prompt fits: the setting's refusal, not one prompt's
+        raise ValueError(f"gen_length {gen_length} and any prompt exceed the model's maximum of {limit} "
+                         "positions")
     if limit and max(len(r) for r in rows) + gen_length > limit:
         raise ValueError(f"prompt: {max(len(r) for r in rows)} tokens + gen_length {gen_length} exceed the "
                          f"model's maximum of {limit} positions")

@@ -13,9 +13,11 @@ A research method runs next to its counterpart, the plain decoder it improves on
 and the two are compared problem by problem. Every sample is written as one JSONL line as soon as it is
 scored (id, output, extracted answer, correct, forwards, tokens, seconds), so an interrupted run started
 again with the same command skips what is done and ends with the same answers; a log written by another
-checkpoint, data or flags that change answers is refused (see fingerprint). At the end: a table for
-people with a text chart, `--out results.json` and `--json` (a last line of JSON) for scripts. Under
-torchrun, samples are sharded across ranks (rank r takes every world-th sample) and merged on rank 0.
+checkpoint, data or flags that change answers is refused (see fingerprint). A question that cannot be
+run (its prompt too long for the model, say) gets an error record, counted wrong, and the run goes on.
+At the end: a table for people with a text chart, `--out results.json` and `--json` (a last line of JSON)
+for scripts. Under torchrun, samples are sharded across ranks (rank r takes every world-th sample) and
+merged on rank 0.
 What is measured, as the papers report it: accuracy by the task's rule (tasks.py: GSM8K's `####` /
 \\boxed{} answers, Minerva's MATH normalisation, HumanEval / MBPP pass@1), forwards whose logits decide
 tokens (the papers' NFE), generated tokens up to the first stop id, tokens per forward, wall seconds.
@@ -304,43 +306,103 @@ def score(task, batch, outputs, args):
             zip(batch, (tasks.extract_with_rule(task, o) for o in outputs))]
 
 
-def run_setting(net, tok, records, s, args, done, log, bar):
-    """Generate and score every record of one setting, in batches, appending each result to `log`."""
-    todo = [r for r in records if (s["name"], r["id"]) not in done]
-    for i in range(0, len(todo), args.batch_size):
-        batch = todo[i:i + args.batch_size]
-        prompts = [tok.encode_chat(tasks.prompt_messages(args.task, r)) for r in batch]  # content stays text
-        torch.manual_seed(args.seed)
-        compiling = compile_seconds(net, s.get("reference"))
+def one_line(text, limit=300):
+    return " ".join(str(text).split())[:limit]
+
+
+def encode(tok, task, record):
+    """A record's prompt ids, or the one-line reason it has none."""
+    try:
+        return tok.encode_chat(tasks.prompt_messages(task, record))  # its special-token text stays text
+    except Exception as e:  # odd text or a malformed record (the tokenizer's and template's errors vary)
+        return one_line(f"prompt: cannot be encoded ({type(e).__name__}: {e})")
+
+
+def decode_group(net, tok, group, prompts, s, args):
+    """{j: result} for the prompts of `group` decoded together: output text, forwards, tokens, seconds (and
+    rcd's alpha), or the one-line reason an output cannot be read back."""
+    torch.manual_seed(args.seed)
+    compiling = compile_seconds(net, s.get("reference"))
+    x, stats = METHODS[s["method"]](net, [prompts[j] for j in group], s)
+    seconds = stats["seconds"] - (compile_seconds(net, s.get("reference")) - compiling)  # not decoding
+    results = {}
+    for i, j in enumerate(group):
+        start, n = stats["gen_start"][i], stats["gen_tokens"][i]
         try:
-            x, stats = METHODS[s["method"]](net, prompts, s)
-            stats["seconds"] -= compile_seconds(net, s.get("reference")) - compiling  # not decoding
-        except ValueError as e:  # a decoder refusing these settings (lengths, steps, budget): one line
-            raise SystemExit(f"--method {s['method']} ({s['name']}): {e}") from None
-        outputs = [tok.decode(x[j, st:st + n].tolist(), skip_special_tokens=True)
-                   for j, (st, n) in enumerate(zip(stats["gen_start"], stats["gen_tokens"]))]
-        scored = score(args.task, batch, outputs, args)
-        for j, (r, out, (answer, ok, rule)) in enumerate(zip(batch, outputs, scored)):
-            row = {"setting": s["name"], "id": r["id"], "key": sample_key(s["fingerprint"], r), "output": out,
-                   "extracted": answer, "correct": bool(ok), "rule": rule, "nfe": stats["nfe_per_sample"][j],
-                   "tokens": stats["gen_tokens"][j], "seconds": stats["seconds"] / len(batch)}
-            if "alpha_mean" in stats:  # rcd: its batch's mean residual weight over the masked positions
-                row["alpha"] = stats["alpha_mean"]
+            output = tok.decode(x[i, start:start + n].tolist(), skip_special_tokens=True)
+        except Exception as e:
+            results[j] = one_line(f"output: cannot be decoded ({type(e).__name__}: {e})")
+            continue
+        results[j] = {"output": output, "nfe": stats["nfe_per_sample"][i], "tokens": n,
+                      "seconds": seconds / len(group)}
+        if "alpha_mean" in stats:  # rcd: its batch's mean residual weight over the masked positions
+            results[j]["alpha"] = stats["alpha_mean"]
+    return results
+
+
+def generate_batch(net, tok, batch, s, args):
+    """{j: result or the one-line error} for every record of a batch, decoded together. One bad question
+    never stops a run: a prompt that cannot be encoded is its record's error, and when the decoder refuses
+    the batch for a prompt ("prompt: ..."; e.g. too long for the model), each prompt is decoded alone and
+    the refused ones get the error. A refusal of the setting (lengths, steps, budget) is the run's: one
+    line."""
+    results = {j: encode(tok, args.task, r) for j, r in enumerate(batch)}
+    groups = [[j for j, ids in results.items() if not isinstance(ids, str)]]
+    while groups:
+        group = groups.pop()
+        if not group:
+            continue
+        try:
+            results.update(decode_group(net, tok, group, results, s, args))
+        except ValueError as e:
+            if not one_line(e).startswith("prompt"):
+                raise SystemExit(f"--method {s['method']} ({s['name']}): {one_line(e)}") from None
+            if len(group) > 1:
+                groups += [[j] for j in group]
+            else:
+                results[group[0]] = one_line(e)
+    return results
+
+
+def run_setting(net, tok, records, s, args, done, log, bar):
+    """Generate and score every record of one setting, appending each result to `log`. Batches are cut from
+    the whole list, done or not, so a resumed run decodes each problem with the neighbours of an uninterrupted
+    one; a record without a result (generate_batch) gets an error record, scored wrong."""
+    for i in range(0, len(records), args.batch_size):
+        batch = records[i:i + args.batch_size]
+        new = [j for j, r in enumerate(batch) if (s["name"], r["id"]) not in done]
+        if not new:
+            continue
+        results = generate_batch(net, tok, batch, s, args)
+        ok = [j for j in new if not isinstance(results[j], str)]
+        scored = dict(zip(ok, score(args.task, [batch[j] for j in ok], [results[j]["output"] for j in ok],
+                                    args)))
+        for j in new:
+            row = {"setting": s["name"], "id": batch[j]["id"], "key": sample_key(s["fingerprint"], batch[j])}
+            if j in scored:
+                answer, ok_j, rule = scored[j]
+                row.update(output=results[j]["output"], extracted=answer, correct=bool(ok_j), rule=rule,
+                           **{k: v for k, v in results[j].items() if k != "output"})
+            else:
+                row.update(output="", extracted=None, correct=False, rule="error", error=results[j], nfe=0,
+                           tokens=0, seconds=0.0)
             log.write(json.dumps(row) + "\n")
-            done[(s["name"], r["id"])] = row
+            done[(s["name"], batch[j]["id"])] = row
         log.flush()
-        bar.update(len(batch))
+        bar.update(len(new))
 
 
 def summarize(rows, task, label, s, n_expected):
     nfe, tokens = sum(r["nfe"] for r in rows), sum(r["tokens"] for r in rows)
     sec, n = sum(r["seconds"] for r in rows), max(1, len(rows))
-    alpha = rows and all("alpha" in r for r in rows)
+    alpha = [r["alpha"] for r in rows if "alpha" in r]
+    errors = [r["error"] for r in rows if "error" in r]
     return {"task": task, "method": s["method"], "model": label, "setting": s["name"], "n": len(rows),
             "accuracy": 100.0 * sum(r["correct"] for r in rows) / n, "nfe": nfe / n, "tokens": tokens / n,
             "tokens_per_forward": tokens / max(1, nfe), "seconds": sec,
             "ms_per_forward": 1000 * sec / max(1, nfe), "complete": len(rows) == n_expected,
-            **({"alpha_mean": sum(r["alpha"] for r in rows) / n} if alpha else {})}
+            "errors": len(errors), **({"first_error": errors[0]} if errors else {}),
+            **({"alpha_mean": sum(alpha) / len(alpha)} if alpha else {})}
 
 
 def paired(base, new):
@@ -645,6 +707,9 @@ def report(args, runs, rows, header, correct):
              "masked positions RCD computed; each batch's mean, averaged over the problems)"
              for r in rows if "alpha_mean" in r]
     lines += compare(rows, name, correct) if name is not None else []
+    lines += [f"{r['model']} {r['setting']}: {r['errors']} of {r['n']} problems could not be run and count "
+              f"as wrong (the log's \"error\" field says why; the first: {r['first_error']})"
+              for r in rows if r["errors"]]
     print("\n" + "\n".join(lines) if lines else "")
     if len(rows) > 1:
         chart(rows, labels)

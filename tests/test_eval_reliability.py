@@ -1,12 +1,14 @@
-"""eval.py as a careless or unlucky user meets it (issue 20, sections 3 and 4): no stale result, and bad input
-as one line.
+"""eval.py as a careless or unlucky user meets it (issue 20, sections 3 and 4): no stale result, bad input as
+one line, and one bad question never stops a run.
 
 - stale results: a log is resumed only by a run that would give the same answers; an edited config.json,
   generation config, tokenizer file, weight, data record or any flag that changes tokens makes the same
   command refuse the log in one line (and leave it as it was); a cut-off last line (a killed writer) is
   dropped with a note, a torn line elsewhere is one line naming the file and the line;
 - the command line: impossible numbers, path typos, a missing embedded model, the Hub out of reach, bad
-  checkpoints and Ctrl-C, each one line (Ctrl-C: exit 130), checked before any model loads where possible.
+  checkpoints and Ctrl-C, each one line (Ctrl-C: exit 130), checked before any model loads where possible;
+- bad questions: a prompt that cannot be encoded or is too long for the model gets an error record, the
+  others are scored, and the summary counts the errors.
 """
 import json
 import os
@@ -351,3 +353,46 @@ def test_big_weight_files_are_fingerprinted_by_the_documented_rule(tmp_path, mon
     os.symlink(blobs / ("ab" * 32), tmp_path / "hub" / "model.safetensors")
     monkeypatch.setattr(E, "FULL_HASH_BYTES", mib)
     assert E.file_digest(str(tmp_path / "hub" / "model.safetensors")) == "ab" * 32  # the hub's sha256
+
+# ---------------------------------------------------------------------------------------------------
+# one bad question never stops a run
+
+
+def bad_questions(rows):
+    rows[1]["question"] = "apples " * 3000  # 3,000 tokens: past tiny-llada's 1,024 positions
+    rows[2]["question"] = 12345  # not text: the prompt template cannot take it
+
+
+@pytest.mark.parametrize("batch_size", ["16", "1"])
+def test_a_bad_question_gets_an_error_record_and_the_others_are_scored(tmp_path, capsys, batch_size):
+    data = data_file(tmp_path / "data.jsonl", n=4, edit=bad_questions)
+    log = tmp_path / "log.jsonl"
+    code, line = eval_cli("--data", data, *SHORT, "--batch-size", batch_size, "--json", "--samples", str(log))
+    out = capsys.readouterr().out
+    assert code in (0, None), line
+    rows = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [f"tiny/{i}" for i in range(4)]
+    assert "exceed the model's maximum of 1024 positions" in rows[1]["error"]
+    assert rows[2]["error"].startswith("prompt: cannot be encoded (TypeError")
+    assert all(not r["correct"] and r["rule"] == "error" for r in rows[1:3])
+    assert all("error" not in r and r["nfe"] == 8 and r["output"] for r in (rows[0], rows[3]))
+    summary = json.loads(out.strip().splitlines()[-1])["rows"][0]
+    assert summary["n"] == 4 and summary["errors"] == 2 and summary["first_error"] == rows[1]["error"]
+    assert "2 of 4 problems could not be run and count as wrong" in out
+    # the good questions get the answers they get without the bad ones around them (batch 1: exactly)
+    clean = tmp_path / "clean.jsonl"
+    eval_cli("--data", data_file(tmp_path / "clean_data.jsonl", n=4), *SHORT, "--batch-size", "1",
+             "--samples", str(clean))
+    alone = [json.loads(x) for x in clean.read_text().splitlines()]
+    assert [rows[i]["output"] for i in (0, 3)] == [alone[i]["output"] for i in (0, 3)]
+
+
+@pytest.mark.parametrize("argv, words", [(["--thresholds", "0.5"], "use --steps, or --method threshold"),
+                                         (["--gen-length", "1024"], "gen_length 1024 and any prompt exceed the "
+                                                                    "model's maximum of 1024 positions")])
+def test_a_refused_setting_still_stops_the_run_in_one_line(tmp_path, argv, words):
+    """Only a decoder's refusal of a prompt ("prompt: ...") is the record's; one of the setting (a generation
+    no prompt fits beside) is the run's, not an error record for every problem."""
+    code, line = eval_cli("--limit", "2", *SHORT, *argv, "--samples", str(tmp_path / "s.jsonl"))
+    assert isinstance(code, str) and words in line and "\n" not in line, line
+    assert not (tmp_path / "s.jsonl").read_text()
