@@ -2,30 +2,50 @@
 Remasking decoders for masked diffusion language models: start from a canvas of [MASK] tokens after the
 prompt and, step by step, commit the predictions the model is most sure of.
 
-  call                               method                     commit rule per step               official source
-  generate(...)                      LLaDA semi-AR remasking    the k most confident masks         ML-GSAI/LLaDA generate.py
-                                     (arXiv 2502.09992)         (or k random ones), k uniform      (b7e6c35)
-  generate(threshold=0.9)            Fast-dLLM parallel         the most confident mask + every    NVlabs/Fast-dLLM
-                                     (arXiv 2505.22618)         mask with confidence >= threshold  llada/generate.py (24cc59e)
-  generate(cache="prefix"|"dual")    Fast-dLLM KV caches        (either rule)                      generate_with_{prefix,dual}_cache
-  block_generate(...)                SDAR block diffusion       static quota, or dynamic: all      JetAstra/SDAR
-                                     (exact KV cache)           masks above threshold, else quota  huggingface_bd3.py (eval sampler)
+  call                      method                   commit rule per step           official source
+  generate(...)             LLaDA semi-AR remasking  the k most confident masks     ML-GSAI/LLaDA generate.py
+                            (arXiv 2502.09992)       (or k random ones), k uniform  (b7e6c35)
+  generate(threshold=0.9)   Fast-dLLM parallel       the most confident mask + all  NVlabs/Fast-dLLM
+                            (arXiv 2505.22618)       with confidence >= threshold   llada/generate.py
+  generate(cache="prefix"   Fast-dLLM KV caches      (either rule)                  (24cc59e), and its
+           or "dual")                                                               generate_with_*_cache
+  block_generate(...)       SDAR block diffusion     static quota, or dynamic: all  JetAstra/SDAR
+                            (exact KV cache)         above threshold, else quota    huggingface_bd3.py
 
 Both return (x, stats): the full canvas (prompt included) and a dict with `nfe` (forwards whose logits
 decide tokens), per-sample counts, generated tokens up to the first stop id, tokens per forward, seconds.
 Both are batched: `generate` left-pads with EOS and an attention mask (LLaDA's Oct-2025 convention);
 `block_generate` lays each prompt on the block grid of its own position 0 (see its docstring).
 
+What `model` must provide (this file imports nothing else of the project, so it can be copied alone):
+  model.config.mask_token_id   the [MASK] id (or pass mask_id=)
+  model.config.eos_token_id    an id or a list of ids; the first pads ragged batches
+  model.config.stop_ids        optional: ids that end an answer (default: the eos ids); for LLaDA
+                               (EOS, <|eot_id|>), the last one being the EoT of confidence_eos_eot_inf
+  model.config.max_seq_len     optional: prompts + gen_length beyond it are refused
+  model.parameters()           the device to decode on is the first parameter's
+  forward(model, ids, attention_mask=, position_ids=, cache=, cache_start=, kv_end=) -> logits (B, T, V):
+                               the default `model_forward` calls model(ids, **those); `hf_forward` drives a
+                               Hugging Face model (LLaDA's modeling_llada.py: `.logits`, no cache, no feed)
+  with cache= or for block_generate: model.py's forward (KV cache, block_size=, return_hidden=) and
+                               model.new_cache(batch, length)
+
 How they differ from the official code (token-for-token parity is checked by ../shared/parity/check.py):
   - Fast-dLLM's caches work for batches and with classifier-free guidance (the official: batch 1, no CFG);
   - a cached block that completes on its first step does not spend one more forward (nfe may be lower);
-  - SDAR sampling draws with float64 Gumbel-max instead of torch.multinomial (same distribution).
+  - SDAR sampling draws with float64 Gumbel-max instead of torch.multinomial (same distribution);
+  - the loops themselves ask the device one question per denoising step at most ("is the block done?");
+    counts stay on the device until the end.
 Extension points, used by the method files (they import from here, never the reverse):
   forward=  wraps every model call (RCD mixes residuals into the embeddings; Elastic-dLLM adds an anchor)
   feed=     chooses which canvas columns a LLaDA forward sees (Elastic-dLLM's compression)
   denoise=, store=  replace SDAR's per-block loop and its cache write (MRP's direct/speculative/remask)
 """
+import argparse
+import json
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -89,7 +109,8 @@ def sample_tokens(logits, temperature=0.0, top_k=0, top_p=1.0):
         if top_p < 1.0:
             sorted_logits, order = torch.sort(scaled, descending=True)
             cum = F.softmax(sorted_logits, dim=-1).cumsum(-1)
-            drop = torch.cat([torch.zeros_like(cum[..., :1]), cum[..., :-1]], -1) > top_p  # keep the one crossing top_p
+            # keep the token that crosses top_p: drop where the mass *before* a token already exceeds it
+            drop = torch.cat([torch.zeros_like(cum[..., :1]), cum[..., :-1]], -1) > top_p
             scaled = scaled.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), -torch.inf)
         x0 = add_gumbel_noise(scaled, 1.0).argmax(-1)
     return x0, torch.gather(probs, -1, x0[..., None])[..., 0]
@@ -122,8 +143,41 @@ def commit_dynamic(confidence, threshold, quota):
     return torch.where(hot.sum(1, keepdim=True) >= quota, hot, top)
 
 
+
+# -----------------------------------------------------------------------------
+# What decode.py needs from a model (see the docstring), and the bookkeeping both decoders share
+
+
 def model_forward(model, ids, **kw):
+    """The default forward=: model.py's Transformer takes the decoders' keywords as they are."""
     return model(ids, **kw)
+
+
+def hf_forward(model, ids, attention_mask=None, cache=None, **unused):
+    """forward= for a Hugging Face model whose call returns an object with `.logits`, called the way the
+    official generate.py calls LLaDA: model(x, attention_mask=attention_mask).logits. Such a model numbers
+    positions 0..T-1 itself and keeps no decode.py KV cache, so it drives generate's plain path only
+    (no cache=, no feed=); the other keywords (position_ids, cache_start, kv_end) are then implied."""
+    if cache is not None:
+        raise ValueError("hf_forward: a Hugging Face model takes no decode.py KV cache (use cache=None)")
+    return model(ids, attention_mask=attention_mask).logits
+
+
+def model_device(model):
+    return next(model.parameters()).device
+
+
+def eos_and_stop_ids(cfg, stop_ids=None):
+    """(EOS id, stop ids): config.eos_token_id may be one id or a list (Hugging Face SDAR); the stop ids are
+    `stop_ids`, else config.stop_ids (model.py), else the eos ids."""
+    eos = cfg.eos_token_id if isinstance(cfg.eos_token_id, (list, tuple)) else [cfg.eos_token_id]
+    stop = stop_ids if stop_ids is not None else getattr(cfg, "stop_ids", None) or eos
+    return eos[0], tuple(stop)
+
+
+def max_length(cfg):
+    """The model's maximum number of positions, if its config says (model.py's or Hugging Face's name)."""
+    return getattr(cfg, "max_seq_len", None) or getattr(cfg, "max_sequence_length", None)
 
 
 def as_rows(prompt):
@@ -146,102 +200,144 @@ def check_prompt(rows, mask_id, gen_length, limit):
 
 
 def finish(stats, x, gen_start, gen_length, stop_ids, nfe_rows, t0):
-    """Per-sample generated-token counts (up to the first stop id, which is not counted) and rates."""
+    """Per-sample generated-token counts (up to the first stop id, which is not counted) and rates. The
+    canvas and the per-sample forward counts come to the host here, once per generation."""
     gen = []
-    for r, s in enumerate(gen_start):
-        row = x[r, s:s + gen_length].tolist()
+    for s, row in zip(gen_start, x.tolist()):
+        row = row[s:s + gen_length]
         gen.append(next((i for i, t in enumerate(row) if t in stop_ids), len(row)))
+    nfe_rows = nfe_rows.tolist()
     if x.is_cuda:
         torch.cuda.synchronize()
-    stats.update(nfe_per_sample=nfe_rows.tolist(), gen_start=list(gen_start), gen_tokens=gen,
-                 tokens_per_forward=sum(gen) / max(1, int(nfe_rows.sum())), seconds=time.time() - t0)
+    stats.update(nfe_per_sample=nfe_rows, gen_start=list(gen_start), gen_tokens=gen,
+                 tokens_per_forward=sum(gen) / max(1, sum(nfe_rows)), seconds=time.time() - t0)
     return stats
 
 # -----------------------------------------------------------------------------
 # LLaDA and Fast-dLLM
 
 
+def check_llada_args(steps, gen_length, block_length, temperature, cfg_scale, remasking, threshold, cache,
+                     feed, forward):
+    if remasking not in REMASKING[:2] or cache not in CACHES:
+        raise ValueError(f"remasking {remasking!r} / cache {cache!r}: expected one of {REMASKING[:2]} / "
+                         f"{CACHES}")
+    if block_length <= 0 or gen_length <= 0 or gen_length % block_length:
+        raise ValueError(f"gen_length ({gen_length}) must be a positive multiple of block_length "
+                         f"({block_length})")
+    num_blocks = gen_length // block_length
+    if threshold is None and (steps <= 0 or steps % num_blocks or steps > gen_length):
+        raise ValueError(f"steps ({steps}) must be a positive multiple of the number of blocks "
+                         f"({num_blocks}), at most gen_length ({gen_length}): a step commits at least one "
+                         "token")
+    if threshold is not None and not 0 < threshold <= 1:
+        raise ValueError(f"threshold {threshold} must be in (0, 1]")
+    if not (0 <= temperature < math.inf and 0 <= cfg_scale < math.inf):
+        raise ValueError(f"temperature {temperature} and cfg_scale {cfg_scale} must be finite and >= 0")
+    if forward is hf_forward and (cache or feed):
+        raise ValueError("forward=hf_forward drives the plain path: a Hugging Face model numbers positions "
+                         "0..T-1 itself and takes no decode.py KV cache (no cache=, no feed=)")
+
+
+def llada_canvas(rows, gen_length, mask_id, eos_id, attention_mask, device):
+    """LLaDA's canvas x = [prompt | gen_length x MASK] (B, T); ragged prompts are left-padded with EOS and
+    hidden by the attention mask (B, T) (1 = token), as the official batched evaluation does."""
+    B, P = len(rows), max(len(r) for r in rows)
+    x = torch.full((B, P + gen_length), mask_id, dtype=torch.long, device=device)
+    for r, p in enumerate(rows):
+        x[r, :P - len(p)], x[r, P - len(p):P] = eos_id, p
+    if attention_mask is None and any(len(p) < P for p in rows):
+        attention_mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in rows], device=device)
+    if attention_mask is not None:
+        attention_mask = torch.cat([torch.as_tensor(attention_mask, device=device).reshape(B, -1),
+                                    torch.ones(B, gen_length, dtype=torch.long, device=device)], 1)
+    return x, attention_mask
+
+
+def cache_span(cache, i, a, e, n):
+    """Which of a block's n fed columns step i forwards: all of them without a cache and on a block's first
+    step (which fills the cache); then Fast-dLLM's prefix cache feeds the block and all after it [a, n),
+    the dual cache the block alone [a, e)."""
+    if cache is None or i == 0:
+        return 0, n
+    return (a, n) if cache == "prefix" else (a, e)
+
+
+def classifier_free_guidance(forward, model, ids, attention_mask, prompt_index, mask_id, cfg_scale, **kw):
+    """Logits with LLaDA's unsupervised classifier-free guidance (arXiv 2502.09992, after Nie et al. arXiv
+    2410.18514): the conditional copy and an unconditional one with the prompt masked, in one batch, mixed
+    as un + (cfg_scale + 1) * (cond - un). cfg_scale = 0 is the plain forward."""
+    if cfg_scale == 0:
+        return forward(model, ids, attention_mask=attention_mask, **kw)
+    un = torch.where(prompt_index, mask_id, ids)
+    am = None if attention_mask is None else torch.cat([attention_mask, attention_mask])
+    cond, un = forward(model, torch.cat([ids, un]), attention_mask=am, **kw).chunk(2)
+    return un + (cfg_scale + 1) * (cond - un)
+
+
+def commit(confidence, threshold, k):
+    """Fast-dLLM's threshold rule when a threshold is given, else LLaDA's top-k with this step's k."""
+    if threshold is not None:
+        return commit_threshold(confidence, threshold)
+    return commit_topk(confidence, k)
+
+
 @torch.no_grad()
 def generate(model, prompt, steps=128, gen_length=128, block_length=128, temperature=0.0, cfg_scale=0.0,
              remasking="low_confidence", mask_id=None, logits_eos_inf=False, confidence_eos_eot_inf=False,
-             attention_mask=None, threshold=None, cache=None, feed=None, forward=model_forward, on_step=None):
+             attention_mask=None, threshold=None, cache=None, feed=None, forward=model_forward, on_step=None,
+             stop_ids=None):
     """LLaDA's sampler (threshold=None, cache=None), or Fast-dLLM's (a threshold and/or a KV cache).
     The canvas is [prompt | gen_length x MASK]; blocks of block_length are counted from the end of the
     prompt and decoded left to right, `steps` in total (steps // blocks per block), or until the block is
     full under a threshold. Ragged prompts are left-padded with EOS and masked (attention_mask).
     feed(x, lo, hi, start) -> sorted canvas columns a forward sees while block [lo, hi) is decoded (default
     all; start = the first generated column); the caches then feed sub-spans of those columns. Greedy at
-    temperature 0."""
+    temperature 0. on_step(x) is called after every step."""
     t0, cfg = time.time(), model.config
     mask_id = cfg.mask_token_id if mask_id is None else mask_id
-    eos_id, eot_id = cfg.eos_token_id, cfg.stop_ids[-1]  # LLaDA: stop_ids = (EOS, <|eot_id|>)
-    if remasking not in REMASKING[:2] or cache not in CACHES:
-        raise ValueError(f"remasking {remasking!r} / cache {cache!r}: expected one of {REMASKING[:2]} / {CACHES}")
-    if block_length <= 0 or gen_length <= 0 or gen_length % block_length:
-        raise ValueError(f"gen_length ({gen_length}) must be a positive multiple of block_length ({block_length})")
-    num_blocks = gen_length // block_length
-    if threshold is None and (steps <= 0 or steps % num_blocks):
-        raise ValueError(f"steps ({steps}) must be a positive multiple of the number of blocks ({num_blocks})")
-    if threshold is not None and not 0 < threshold <= 1 or temperature < 0 or cfg_scale < 0:
-        raise ValueError(f"threshold {threshold} must be in (0, 1]; temperature {temperature}, cfg_scale {cfg_scale} >= 0")
+    eos_id, stop_ids = eos_and_stop_ids(cfg, stop_ids)
+    eot_id = stop_ids[-1] if stop_ids else eos_id  # LLaDA: stop_ids = (EOS, <|eot_id|>)
+    check_llada_args(steps, gen_length, block_length, temperature, cfg_scale, remasking, threshold, cache,
+                     feed, forward)
     rows = as_rows(prompt)
-    check_prompt(rows, mask_id, gen_length, None if feed else cfg.max_seq_len)
-    device = model.lm_head.weight.device
-    B, P = len(rows), max(len(r) for r in rows)
-    T = P + gen_length
-    x = torch.full((B, T), mask_id, dtype=torch.long, device=device)
-    pad = torch.zeros(B, T, dtype=torch.long, device=device)
-    for r, p in enumerate(rows):  # left-pad with EOS, like the official batched evaluation
-        x[r, :P - len(p)], x[r, P - len(p):P], pad[r, :P - len(p)] = eos_id, p, 1
-    if attention_mask is None and pad.any():
-        attention_mask = 1 - pad[:, :P]
-    if attention_mask is not None:
-        attention_mask = torch.cat([torch.as_tensor(attention_mask, device=device).reshape(B, -1),
-                                    torch.ones(B, gen_length, dtype=torch.long, device=device)], 1)
+    check_prompt(rows, mask_id, gen_length, None if feed else max_length(cfg))
+    device = model_device(model)
+    x, attention_mask = llada_canvas(rows, gen_length, mask_id, eos_id, attention_mask, device)
+    (B, T), P = x.shape, max(len(r) for r in rows)
     prompt_index = x != mask_id  # prompt and pads: what classifier-free guidance masks out
-    fast = threshold is not None or cache is not None       # Fast-dLLM semantics
-    conf_dtype = torch.float64 if fast else None             # ... including its float64 confidence
-    kv = model.new_cache(B * (2 if cfg_scale else 1), T) if cache else None
-    stats, nfe_rows = {"nfe": 0}, torch.zeros(B, dtype=torch.long)
-
-    def logits_for(cols, start, n):
-        # one forward over canvas columns cols[start:]; with a cache they go to slots start.. and attend to 0..n
-        ids, am = x[:, cols], None if attention_mask is None else attention_mask[:, cols]
-        if cfg_scale > 0:  # conditional and unconditional (prompt masked) copies in one batch
-            un = torch.where(prompt_index[:, cols], mask_id, ids)
-            ids, am = torch.cat([ids, un]), None if am is None else torch.cat([am, am])
-        logits = forward(model, ids, attention_mask=am, position_ids=cols, cache=kv, cache_start=start,
-                         kv_end=n if kv is not None else None)
-        if cfg_scale > 0:
-            cond, un = logits.chunk(2)
-            logits = un + (cfg_scale + 1) * (cond - un)
-        return logits
-
-    for b in range(num_blocks):
-        lo, hi = P + b * block_length, P + (b + 1) * block_length
-        cols = feed(x, lo, hi, P) if feed else torch.arange(T, device=device)
+    fast = threshold is not None or cache is not None  # Fast-dLLM semantics, including its float64 confidence
+    kv = model.new_cache(B * (1 + (cfg_scale > 0)), T) if cache else None  # guidance: two copies of the batch
+    num_blocks = gen_length // block_length
+    steps_per_block = steps // num_blocks if threshold is None else block_length  # a threshold: until full
+    stats, nfe_rows = {"nfe": 0}, torch.zeros(B, dtype=torch.long, device=device)
+    for num_block in range(num_blocks):
+        lo, hi = P + num_block * block_length, P + (num_block + 1) * block_length
+        cols = feed(x, lo, hi, P) if feed else torch.arange(T, device=device)  # the columns a forward sees
         a, e = int(torch.searchsorted(cols, lo)), int(torch.searchsorted(cols, hi))  # the block within cols
-        num_transfer_tokens = get_num_transfer_tokens(x[:, lo:hi] == mask_id, steps // num_blocks if threshold is None else 1)
-        for i in range(steps // num_blocks if threshold is None else block_length):
+        kv_end = len(cols) if kv is not None else None  # a cached forward attends to every fed column
+        num_transfer_tokens = get_num_transfer_tokens(x[:, lo:hi] == mask_id, steps_per_block)
+        for i in range(steps_per_block):
             block_masks = (x[:, lo:hi] == mask_id).any(1)
-            if fast and not block_masks.any():
+            if fast and not block_masks.any():  # the loop's one host sync per step: is the block done?
                 break
-            # what this forward feeds: everything (no cache, or a block's first step, which fills the cache);
-            # the prefix cache then feeds the block and all after it, the dual cache the block alone
-            s, t = (0, len(cols)) if kv is None or i == 0 else (a, len(cols)) if cache == "prefix" else (a, e)
+            s, t = cache_span(cache, i, a, e, len(cols))
             span = cols[s:t]
-            logits = logits_for(span, s, len(cols))
+            am = None if attention_mask is None else attention_mask[:, span]
+            logits = classifier_free_guidance(forward, model, x[:, span], am, prompt_index[:, span], mask_id,
+                                              cfg_scale, position_ids=span, cache=kv, cache_start=s,
+                                              kv_end=kv_end)
             mask_index = (x[:, span] == mask_id) & (span >= lo) & (span < hi)  # only the current block
-            x0, confidence = propose(logits, x[:, span], mask_index, temperature, remasking, conf_dtype or logits.dtype,
-                                     eos_id, eot_id, logits_eos_inf, confidence_eos_eot_inf)
-            transfer = commit_threshold(confidence, threshold) if threshold is not None \
-                else commit_topk(confidence, num_transfer_tokens[:, i])
-            x[:, span] = torch.where(transfer, x0, x[:, span])
+            x0, confidence = propose(logits, x[:, span], mask_index, temperature, remasking,
+                                     torch.float64 if fast else logits.dtype, eos_id, eot_id, logits_eos_inf,
+                                     confidence_eos_eot_inf)
+            transfer_index = commit(confidence, threshold, num_transfer_tokens[:, i])
+            x[:, span] = torch.where(transfer_index, x0, x[:, span])
             stats["nfe"] += 1
-            nfe_rows += block_masks.cpu()
+            nfe_rows += block_masks
             if on_step:
                 on_step(x)
-    return x, finish(stats, x, [P] * B, gen_length, set(cfg.stop_ids), nfe_rows, t0)
+    return x, finish(stats, x, [P] * B, gen_length, set(stop_ids), nfe_rows, t0)
 
 # -----------------------------------------------------------------------------
 # SDAR block diffusion
@@ -266,7 +362,10 @@ class BlockState:
     forward: object
     on_step: object = None
     stats: dict = field(default_factory=lambda: {"nfe": 0, "prefill_forwards": 0, "store_forwards": 0})
-    nfe_rows: torch.Tensor = None
+    nfe_rows: torch.Tensor = None  # (B,) forwards each sample took part in, on the device
+    mask_id: int = None
+    stop_ids: torch.Tensor = None  # (S,) ids that end a sample
+    eos_early_stop: bool = False   # LLaDA2.0: end a sample mid-block (see eos_early_stop)
 
 
 def block_logits(st, lo, hi, return_hidden=False):
@@ -276,8 +375,9 @@ def block_logits(st, lo, hi, return_hidden=False):
         out = st.forward(st.model, st.x[:, :hi], attention_mask=st.valid[:, :hi], position_ids=st.pos[:, :hi],
                          block_size=st.block_length, return_hidden=return_hidden)
         return tuple(o[:, lo:hi] for o in out) if return_hidden else out[:, lo:hi]
-    return st.forward(st.model, st.x[:, lo:hi], attention_mask=st.valid[:, lo:hi], position_ids=st.pos[:, lo:hi],
-                      cache=st.cache, cache_start=lo, block_size=st.block_length, return_hidden=return_hidden)
+    return st.forward(st.model, st.x[:, lo:hi], attention_mask=st.valid[:, lo:hi],
+                      position_ids=st.pos[:, lo:hi], cache=st.cache, cache_start=lo,
+                      block_size=st.block_length, return_hidden=return_hidden)
 
 
 def store_block(st, lo, hi):
@@ -293,54 +393,70 @@ def block_confidence(st, logits, lo, hi, state=None):
     """x0 and confidence for block [lo, hi) (or for another `state` of it, as MRP's drafts need): -inf off
     the masks and for stopped samples."""
     state = st.x[:, lo:hi] if state is None else state
-    mask_index = (state == st.model.config.mask_token_id) & st.active[:, None]
+    mask_index = (state == st.mask_id) & st.active[:, None]
     x0, x0_p = sample_tokens(logits, st.temperature, st.top_k, st.top_p)
     if st.remasking == "sequential":  # leftmost masks first
         x0_p = -torch.arange(hi - lo, device=x0.device, dtype=torch.float).expand_as(x0_p)
     return torch.where(mask_index, x0, state), torch.where(mask_index, x0_p, -torch.inf)
 
 
+def eos_early_stop(st, x0, confidence, transfer):
+    """LLaDA2.0's `eos_early_stop`: (B,) samples that end now, mid-block, because this step committed a stop
+    id and no [MASK] is left before the first stop id of the sample. As the official code, the first stop id
+    is looked for from position 0: a prompt holding one ends the sample at the first stop id committed."""
+    committed = (transfer & confidence.isfinite() & torch.isin(x0, st.stop_ids)).any(1)  # finite: was a mask
+    is_stop = torch.isin(st.x, st.stop_ids) & st.valid
+    first = torch.where(is_stop.any(1), is_stop.int().argmax(1), st.x.shape[1])           # (B,)
+    before = torch.arange(st.x.shape[1], device=st.x.device) < first[:, None]
+    return committed & ~((st.x == st.mask_id) & st.valid & before).any(1)
+
+
+def llada2_steps(steps, gen_length):
+    """Steps per block as LLaDA2.0's generate takes them: `steps = min(steps, gen_length // minimal_topk)`
+    with minimal_topk 1 (6 tokens in 8 steps are quotas 2,2,1,1,1,1), and more steps than a block has
+    tokens are allowed: the extra ones have a quota of 0 and commit only what passes the threshold."""
+    return min(steps, gen_length)
+
+
 def denoise_block(st, lo, hi):
     """The official per-block loop: up to `steps` denoising forwards, each committing by the dynamic rule
     (static when threshold >= 1), then the store pass."""
     for quota in st.quota:
-        block_masks = ((st.x[:, lo:hi] == st.model.config.mask_token_id) & st.active[:, None]).any(1)
-        if not block_masks.any():
+        block_masks = ((st.x[:, lo:hi] == st.mask_id) & st.active[:, None]).any(1)
+        if not block_masks.any():  # the loop's one host sync per step: is the block done?
             break
         x0, confidence = block_confidence(st, block_logits(st, lo, hi), lo, hi)
-        transfer = commit_dynamic(confidence, st.threshold, quota)
-        st.x[:, lo:hi] = torch.where(transfer, x0, st.x[:, lo:hi])
+        transfer_index = commit_dynamic(confidence, st.threshold, quota)
+        st.x[:, lo:hi] = torch.where(transfer_index, x0, st.x[:, lo:hi])
+        if st.eos_early_stop:
+            st.active &= ~eos_early_stop(st, x0, confidence, transfer_index)
         st.stats["nfe"] += 1
-        st.nfe_rows += block_masks.cpu()
+        st.nfe_rows += block_masks
         if st.on_step:
             st.on_step(st.x)
     store_block(st, lo, hi)
 
 
-@torch.no_grad()
-def block_generate(model, prompt, gen_length=128, block_length=4, denoising_steps=4, threshold=1.0, temperature=0.0,
-                   top_k=0, top_p=1.0, remasking="low_confidence", stop_ids=None, mask_id=None, use_cache=True,
-                   forward=model_forward, denoise=denoise_block, store=store_block, on_step=None, cache_spare=0):
-    """SDAR block diffusion (the evaluation sampler behind the published numbers). Blocks of block_length are
-    aligned to absolute position 0, so the whole-block part of the prompt is prefilled into the KV cache
-    and the first decoded block may still hold the prompt's tail. Each block takes up to denoising_steps
-    forwards; a sample stops after a block once a stop id appears in its generated region (later blocks
-    stay [MASK]). Batches: each prompt keeps its own position 0 and is shifted right by whole blocks so
-    that every sample's first decoding block is the same canvas block; padding is masked out.
-    cache_spare: extra KV-cache slots after the canvas (MRP's verification forward packs candidates there)."""
-    t0, cfg = time.time(), model.config
-    mask_id = cfg.mask_token_id if mask_id is None else mask_id
-    stop_ids = set(cfg.stop_ids if stop_ids is None else stop_ids)
-    L = block_length
+def check_block_args(gen_length, L, denoising_steps, threshold, temperature, top_k, top_p, remasking,
+                     max_steps):
     if remasking not in ("low_confidence", "sequential"):
-        raise ValueError(f"remasking {remasking!r}: expected 'low_confidence' (static/dynamic by threshold) or 'sequential'")
-    if L <= 0 or gen_length <= 0 or not 0 < denoising_steps <= L:
-        raise ValueError(f"need gen_length ({gen_length}) > 0 and 0 < denoising_steps ({denoising_steps}) <= block_length ({L})")
-    if not 0 < threshold <= 1 or temperature < 0:
-        raise ValueError(f"threshold {threshold} must be in (0, 1] and temperature {temperature} >= 0")
-    rows = as_rows(prompt)
-    check_prompt(rows, mask_id, gen_length, cfg.max_seq_len)
-    device = model.lm_head.weight.device
+        raise ValueError(f"remasking {remasking!r}: expected 'low_confidence' (static/dynamic by threshold) "
+                         "or 'sequential'")
+    if L <= 0 or gen_length <= 0 or not 0 < denoising_steps <= max_steps:
+        raise ValueError(f"need gen_length ({gen_length}) > 0 and 0 < denoising_steps ({denoising_steps}) "
+                         f"<= block_length ({L})")
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold {threshold} must be in (0, 1]")
+    if not (0 <= temperature < math.inf and 0 < top_p <= 1 and top_k >= 0):
+        raise ValueError(f"temperature {temperature} must be finite and >= 0, top_p {top_p} in (0, 1], "
+                         f"top_k {top_k} >= 0")
+
+
+def block_canvas(rows, L, gen_length, mask_id, eos_id, device):
+    """SDAR's canvas on the block grid: each prompt keeps its own position 0 and is shifted right by whole
+    blocks, so every sample's first decoding block is the same canvas block c0; EOS fills the shift and
+    what lies past a sample's window, both hidden (valid False). Returns x, pos, valid (B, T), c0, the end
+    of each sample's window and where each sample's generation starts."""
     c0 = max(len(p) // L for p in rows)                     # the first decoding block, shared by all samples
     shift = [L * (c0 - len(p) // L) for p in rows]          # whole blocks of padding keep each grid aligned
     ends = [s + math.ceil((len(p) + gen_length) / L) * L for s, p in zip(shift, rows)]
@@ -349,85 +465,217 @@ def block_generate(model, prompt, gen_length=128, block_length=4, denoising_step
     pos = (torch.arange(T, device=device) - torch.tensor(shift, device=device)[:, None]).clamp(min=0)
     valid = torch.zeros(B, T, dtype=torch.bool, device=device)
     for r, (s, p, end) in enumerate(zip(shift, rows, ends)):
-        x[r, :s], x[r, s:s + len(p)], x[r, end:], valid[r, s:end] = cfg.eos_token_id, p, cfg.eos_token_id, True
-    st = BlockState(model, x, pos, valid, torch.ones(B, dtype=torch.bool, device=device), model.new_cache(B, T + cache_spare) if use_cache else None,
-                    L, get_num_transfer_tokens(torch.ones(1, L), denoising_steps)[0].tolist(), threshold, temperature,
-                    top_k, top_p, remasking, forward, on_step, nfe_rows=torch.zeros(B, dtype=torch.long))
+        x[r, :s], x[r, s:s + len(p)], x[r, end:], valid[r, s:end] = eos_id, p, eos_id, True
+    return x, pos, valid, c0, ends, [s + len(p) for s, p in zip(shift, rows)]
+
+
+def stopped(x, stop, gen_start, hi):
+    """(B,) whether a stop id appears in each sample's generated region [gen_start, hi)."""
+    generated = torch.arange(hi, device=x.device) >= gen_start[:, None]  # (B, hi)
+    return (torch.isin(x[:, :hi], stop) & generated).any(1)
+
+
+@torch.no_grad()
+def block_generate(model, prompt, gen_length=128, block_length=4, denoising_steps=4, threshold=1.0,
+                   temperature=0.0, top_k=0, top_p=1.0, remasking="low_confidence", stop_ids=None,
+                   mask_id=None, use_cache=True, forward=model_forward, denoise=denoise_block,
+                   store=store_block, on_step=None, cache_spare=0, eos_early_stop=False):
+    """SDAR block diffusion (the evaluation sampler behind the published numbers). Blocks of block_length are
+    aligned to absolute position 0, so the whole-block part of the prompt is prefilled into the KV cache
+    and the first decoded block may still hold the prompt's tail. Each block takes up to denoising_steps
+    forwards; a sample stops after a block once a stop id appears in its generated region (later blocks
+    stay [MASK]). Batches: each prompt keeps its own position 0 and is shifted right by whole blocks so
+    that every sample's first decoding block is the same canvas block; padding is masked out.
+    cache_spare: extra KV-cache slots after the canvas (MRP's verification forward packs candidates there).
+    LLaDA2.0 (its own `generate`): the same loop, with its steps capped at gen_length, and eos_early_stop=True
+    ends a sample as soon as a stop id is committed with no [MASK] before it (see eos_early_stop)."""
+    t0, cfg, L = time.time(), model.config, block_length
+    mask_id = cfg.mask_token_id if mask_id is None else mask_id
+    eos_id, stop_ids = eos_and_stop_ids(cfg, stop_ids)
+    llada2 = getattr(cfg, "family", None) == "llada2"
+    denoising_steps = llada2_steps(denoising_steps, gen_length) if llada2 else denoising_steps
+    check_block_args(gen_length, L, denoising_steps, threshold, temperature, top_k, top_p, remasking,
+                     gen_length if llada2 else L)
+    rows = as_rows(prompt)
+    check_prompt(rows, mask_id, gen_length, max_length(cfg))
+    device = model_device(model)
+    x, pos, valid, c0, ends, gen_start = block_canvas(rows, L, gen_length, mask_id, eos_id, device)
+    (B, T), quota = x.shape, get_num_transfer_tokens(torch.ones(1, L), denoising_steps)[0].tolist()
+    stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
+    st = BlockState(model, x, pos, valid, torch.ones(B, dtype=torch.bool, device=device),
+                    model.new_cache(B, T + cache_spare) if use_cache else None, L, quota, threshold,
+                    temperature, top_k, top_p, remasking, forward, on_step,
+                    nfe_rows=torch.zeros(B, dtype=torch.long, device=device), mask_id=mask_id, stop_ids=stop,
+                    eos_early_stop=eos_early_stop)
     if c0:
         store(st, 0, c0 * L)  # prefill the whole-block part of the prompt
-    gen_start = [s + len(p) for s, p in zip(shift, rows)]
+    ends, starts = torch.tensor(ends, device=device), torch.tensor(gen_start, device=device)
     for c in range(c0, T // L):
         lo, hi = c * L, (c + 1) * L
-        st.active &= torch.tensor([end > lo for end in ends], device=device)
-        if not st.active.any():
+        st.active &= ends > lo  # a sample whose window has ended
+        if not st.active.any():  # one host sync per block: has every sample stopped?
             break
         denoise(st, lo, hi)
-        for r in range(B):  # stop check once per block, anywhere in the sample's generated region
-            if st.active[r] and stop_ids & set(x[r, gen_start[r]:hi].tolist()):
-                st.active[r] = False
-    stats = {**st.stats}
-    return x, finish(stats, x, gen_start, gen_length, stop_ids | {mask_id}, st.nfe_rows, t0)
+        st.active &= ~stopped(st.x, stop, starts, hi)  # stop check once per block, anywhere in the generation
+    return x, finish({**st.stats}, x, gen_start, gen_length, set(stop_ids) | {mask_id}, st.nfe_rows, t0)
 
 # -----------------------------------------------------------------------------
 # Command line
 
 
-def show_canvas(tok, x, start, end, mask_id, delay):
-    """Redraw the generated region in the terminal: committed tokens as text, masks as a shaded block."""
-    text = "".join("\u2591" if t == mask_id else tok.decode([t]) for t in x[0, start:end].tolist())
-    print("\033[H\033[J" + text, flush=True)  # clear the screen, then draw
-    time.sleep(delay)
+def generation_defaults(folder):
+    """What a checkpoint folder's generation_config.json says to decode with: the embedded models carry
+    gen_length, block_length, steps (as --steps means them), chat, and the task they were trained on.
+    The official checkpoints carry none of these keys: the family's defaults apply."""
+    path = os.path.join(folder, "generation_config.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        gen = json.load(f)
+    for key in ("gen_length", "block_length", "steps"):
+        if key in gen and not (isinstance(gen[key], int) and gen[key] > 0):
+            raise SystemExit(f"{path}: {key} must be a positive integer, not {gen[key]!r}")
+    return gen
+
+
+def lengths(args, family, block_size, gen):
+    """gen_length, block_length, steps: the flags, else generation_config.json, else the family's defaults
+    (LLaDA: 128 tokens in blocks of 32, one token per step; SDAR: 256 tokens in its block size, one token
+    per step). The file's steps go with its own lengths only."""
+    llada = family == "llada"
+    given = lambda *vs: next(v for v in vs if v is not None)  # 0 is an answer (refused later), not "unset"
+    gen_length = given(args.gen_length, gen.get("gen_length"), 128 if llada else 256)
+    block = given(args.block_length, gen.get("block_length"), min(32, gen_length) if llada else block_size)
+    own = (gen_length, block) == (gen.get("gen_length"), gen.get("block_length"))
+    steps = given(args.steps, gen.get("steps") if own else None, gen_length if llada else block)
+    return gen_length, block, steps
+
+
+def frames(tok, prompt_text, start, end, mask_id, delay):
+    """on_step for --show: the generated region redrawn in place on a terminal (masks as shaded blocks,
+    the prompt above), or one plain numbered frame per step when the output is a file or a pipe."""
+    tty, step = sys.stdout.isatty(), [0]
+    if not tty:
+        print(f"prompt: {prompt_text}", flush=True)
+
+    def on_step(x):
+        step[0] += 1
+        text = "".join("\u2591" if t == mask_id else tok.decode([t]) for t in x[0, start:end].tolist())
+        if tty:
+            print(f"\033[H\033[J{prompt_text}\n\n{text}", flush=True)  # clear the screen, then draw
+            time.sleep(delay)
+        else:
+            print(f"--- step {step[0]}\n{text}", flush=True)
+    return on_step
+
+
+def notes(prompt, answer, n, gen_length, gen):
+    """One-line notes on what the model wrote: whether it answered a question of the task it was trained on
+    right, or that the prompt is far from what it was trained on, or that the answer ran out of room."""
+    import tasks
+    out, known = [], gen.get("task") == "tiny"
+    truth = tasks.tiny_answer(prompt) if known else None
+    if known and truth is None:
+        out.append(f"note: this prompt is far from what the model was trained on "
+                   f"({gen.get('trained_on', 'the built-in task')}), so expect arbitrary text")
+    elif n == 0:
+        out.append("note: the model stopped at once (0 tokens): the prompt is far from what it was "
+                   "trained on")
+    if truth is not None:
+        got = tasks.extract_answer("tiny", answer)
+        verdict = "right" if got is not None and tasks.is_correct("tiny", got, str(truth)) else "wrong"
+        out.append(f"answer {got}: {verdict} (the built-in task's answer is {truth})")
+    if n == gen_length:
+        out.append(f"note: no end token within {gen_length} tokens, so the answer may be cut short "
+                   "(--gen-length)")
+    return out
+
+
+def parse_args():
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap = argparse.ArgumentParser(description="Generate with a LLaDA or SDAR checkpoint; print the text and "
+                                             "what it cost.")
+    g = ap.add_argument_group("model and prompt")
+    g.add_argument("--model", default=os.path.join(here, "models", "tiny-llada"),
+                   help="checkpoint folder or Hugging Face repo id (default: the embedded LLaDA-format "
+                        "model)")
+    g.add_argument("--prompt", required=True, help="the prompt text")
+    g.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                   help="wrap the prompt in the model's chat template (default: as the model's "
+                        "generation_config.json says, else off)")
+    g = ap.add_argument_group("decoding", "defaults: the model's generation_config.json (the embedded "
+                              "models carry theirs), else LLaDA 128 tokens in blocks of 32, SDAR 256 in its "
+                              "block size, one token per step")
+    g.add_argument("--gen-length", type=int, default=None, help="tokens to generate")
+    g.add_argument("--block-length", type=int, default=None, help="block length")
+    g.add_argument("--steps", type=int, default=None,
+                   help="LLaDA: total denoising steps; SDAR: steps per block")
+    g.add_argument("--threshold", type=float, default=None,
+                   help="LLaDA: Fast-dLLM confidence threshold (default off); SDAR: dynamic threshold "
+                        "(default 1.0 = static)")
+    g.add_argument("--cache", choices=["prefix", "dual"], default=None, help="LLaDA: Fast-dLLM KV cache")
+    g.add_argument("--no-cache", action="store_true",
+                   help="SDAR: recompute the prefix every step instead of caching")
+    g.add_argument("--remasking", choices=REMASKING, default="low_confidence",
+                   help="which masks to commit first")
+    g.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
+    g.add_argument("--cfg-scale", type=float, default=0.0, help="LLaDA classifier-free guidance scale")
+    g.add_argument("--seed", type=int, default=0,
+                   help="random seed (only matters with temperature > 0 or random remasking)")
+    g = ap.add_argument_group("output and device")
+    g.add_argument("--show", action="store_true", help="watch the canvas being unmasked step by step")
+    g.add_argument("--show-delay", type=float, default=0.05, help="seconds between frames on a terminal")
+    g.add_argument("--device", default=None, help="cuda / cpu / mps (default: cuda if available)")
+    g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="default: the checkpoint's dtype on CUDA, float32 on CPU")
+    return ap.parse_args()
+
+
+def or_exit(fn, *args, **kwargs):
+    """fn(...), with bad input (a checkpoint, a tokenizer, an argument) ending the program in one line."""
+    try:
+        return fn(*args, **kwargs)
+    except (KeyError, ValueError, OSError) as e:
+        raise SystemExit(str(e.args[0] if e.args else e)) from None
+
+
+def main():
+    import model as model_lib
+    import tokenizer as tokenizer_lib
+    args = parse_args()
+    torch.manual_seed(args.seed)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    net = or_exit(model_lib.from_pretrained, args.model, args.device, dtype)
+    folder = model_lib.resolve(args.model)
+    tok, gen = or_exit(tokenizer_lib.load_tokenizer, folder), generation_defaults(folder)
+    chat = gen.get("chat", False) if args.chat is None else args.chat
+    messages = [{"role": "user", "content": args.prompt}]  # its special-token text stays text (encode_chat)
+    ids = torch.tensor(or_exit(tok.encode_chat, messages) if chat else tok.encode(args.prompt))
+    gen_length, block, steps = lengths(args, net.config.family, net.config.block_size, gen)
+    start = len(ids)  # batch of one: no padding in either decoder, generation starts right after the prompt
+    on_step = frames(tok, args.prompt, start, start + gen_length, net.config.mask_token_id,
+                     args.show_delay) if args.show else None
+    kw = dict(gen_length=gen_length, block_length=block, temperature=args.temperature,
+              remasking=args.remasking, on_step=on_step)
+    try:
+        if net.config.family == "llada":
+            x, stats = generate(net, ids, steps=steps, cfg_scale=args.cfg_scale, threshold=args.threshold,
+                                cache=args.cache, **kw)
+        else:
+            threshold = 1.0 if args.threshold is None else args.threshold
+            x, stats = block_generate(net, ids, denoising_steps=steps, threshold=threshold,
+                                      use_cache=not args.no_cache, **kw)
+    except ValueError as e:  # settings a decoder refuses: one line, not a traceback
+        raise SystemExit(f"decode.py: {e}") from None
+    s, n = stats["gen_start"][0], stats["gen_tokens"][0]
+    answer = tok.decode(x[0, s:s + n].tolist())
+    print(answer)
+    print(f"\n{n} tokens in {stats['nfe']} forwards ({stats['tokens_per_forward']:.2f} tokens per forward), "
+          f"{n / stats['seconds']:.1f} tokens/s ({stats['seconds']:.2f} s); gen {gen_length}, block {block}, "
+          f"steps {steps}")
+    for line in notes(args.prompt, answer, n, gen_length, gen):
+        print(line)
 
 
 if __name__ == "__main__":
-    import argparse
-    import os
-
-    import model as model_lib
-    import tokenizer as tokenizer_lib
-    ap = argparse.ArgumentParser(description="Generate with a LLaDA or SDAR checkpoint and print the text and stats.")
-    ap.add_argument("--model", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "tiny-llada"),
-                    help="checkpoint folder or Hugging Face repo id (default: the embedded LLaDA-format model)")
-    ap.add_argument("--prompt", required=True, help="the prompt text")
-    ap.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
-    ap.add_argument("--gen-length", type=int, default=None, help="tokens to generate (default: 128 LLaDA, 256 SDAR)")
-    ap.add_argument("--block-length", type=int, default=None, help="block length (default: 32 LLaDA, the model's SDAR block)")
-    ap.add_argument("--steps", type=int, default=None,
-                    help="LLaDA: total denoising steps (default gen-length); SDAR: steps per block (default block length)")
-    ap.add_argument("--threshold", type=float, default=None,
-                    help="LLaDA: Fast-dLLM confidence threshold (default off); SDAR: dynamic threshold (default 1.0 = static)")
-    ap.add_argument("--cache", choices=["prefix", "dual"], default=None, help="LLaDA: Fast-dLLM KV cache")
-    ap.add_argument("--no-cache", action="store_true", help="SDAR: recompute the prefix every step instead of caching")
-    ap.add_argument("--remasking", choices=REMASKING, default="low_confidence", help="which masks to commit first")
-    ap.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
-    ap.add_argument("--cfg-scale", type=float, default=0.0, help="LLaDA classifier-free guidance scale")
-    ap.add_argument("--seed", type=int, default=0, help="random seed (only matters with temperature > 0 or random remasking)")
-    ap.add_argument("--show", action="store_true", help="watch the canvas being unmasked step by step")
-    ap.add_argument("--show-delay", type=float, default=0.05, help="seconds between frames with --show")
-    ap.add_argument("--device", default=None, help="cuda / cpu / mps (default: cuda if available)")
-    ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                    help="default: the checkpoint's dtype on CUDA, float32 on CPU")
-    args = ap.parse_args()
-    torch.manual_seed(args.seed)
-    net = model_lib.from_pretrained(args.model, args.device, getattr(torch, args.dtype) if args.dtype else None)
-    tok = tokenizer_lib.load_tokenizer(model_lib.resolve(args.model))
-    text = tok.apply_chat_template([{"role": "user", "content": args.prompt}]) if args.chat else args.prompt
-    ids = torch.tensor(tok.encode(text))
-    mask_id, llada = net.config.mask_token_id, net.config.family == "llada"
-    gen_length = args.gen_length or (128 if llada else 256)
-    start = len(ids)  # batch of one: no padding in either decoder, generation starts right after the prompt
-    on_step = (lambda x: show_canvas(tok, x, start, start + gen_length, mask_id, args.show_delay)) if args.show else None
-    if llada:
-        block = args.block_length or min(32, gen_length)
-        x, stats = generate(net, ids, steps=args.steps or gen_length, gen_length=gen_length, block_length=block,
-                            temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking,
-                            threshold=args.threshold, cache=args.cache, on_step=on_step)
-    else:
-        block = args.block_length or net.config.block_size
-        x, stats = block_generate(net, ids, gen_length=gen_length, block_length=block, denoising_steps=args.steps or block,
-                                  threshold=args.threshold or 1.0, temperature=args.temperature, remasking=args.remasking,
-                                  use_cache=not args.no_cache, on_step=on_step)
-    s, n = stats["gen_start"][0], stats["gen_tokens"][0]
-    print(tok.decode(x[0, s:s + n].tolist()))
-    print(f"\n{n} tokens, nfe {stats['nfe']}, {stats['tokens_per_forward']:.2f} tokens/forward, "
-          f"{n / stats['seconds']:.1f} tokens/s ({stats['seconds']:.2f} s)")
+    main()

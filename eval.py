@@ -9,12 +9,15 @@ GPUs. Data, prompts and answer checking live in tasks.py; decoders in decode.py 
   python eval.py --task humaneval --data HumanEval.jsonl.gz --allow-code-exec ...
 
 A method is one entry of METHODS (name -> decoder call); `--steps` and `--thresholds` sweep its settings.
-Every sample is written as one JSONL line as soon as it is scored (id, output, extracted answer, correct,
-nfe, tokens, seconds), so an interrupted run started again with the same command skips what is done and
-ends with the same totals. At the end: a table for people, `--out results.json` for scripts, and a last
-line of JSON. Under torchrun, samples are sharded across ranks (rank r takes every world-th sample) and
-merged on rank 0. Metrics follow ../shared/spec/eval.md: accuracy by the task's named rule, nfe (forwards
-that decide tokens), generated tokens up to the first stop id, tokens per forward, wall seconds.
+A research method runs next to its counterpart, the plain decoder it improves on at the same settings,
+and the two are compared problem by problem. Every sample is written as one JSONL line as soon as it is
+scored (id, output, extracted answer, correct, forwards, tokens, seconds), so an interrupted run started
+again with the same command skips what is done and ends with the same totals. At the end: a table for
+people with a text chart, `--out results.json` and `--json` (a last line of JSON) for scripts. Under
+torchrun, samples are sharded across ranks (rank r takes every world-th sample) and merged on rank 0.
+What is measured, as the papers report it: accuracy by the task's rule (tasks.py: GSM8K's `####` /
+\\boxed{} answers, Minerva's MATH normalisation, HumanEval / MBPP pass@1), forwards whose logits decide
+tokens (the papers' NFE), generated tokens up to the first stop id, tokens per forward, wall seconds.
 """
 import argparse
 import hashlib
@@ -28,47 +31,55 @@ import torch
 
 import decode
 import model as model_lib
+import sandbox
 import tasks
 from tokenizer import load_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_MODEL = os.path.join(HERE, "models", "tiny-llada")
-# generation length per task (block length: 32 for LLaDA, the checkpoint's block size for SDAR)
 # How each embedded checkpoint is made, for the message when one is missing from a checkout.
-EMBEDDED = {"tiny-llada": "python train.py --family llada --out models/tiny-llada",
-            "tiny-sdar": "python train.py --family sdar --block-size 32 --out models/tiny-sdar",
-            "tiny-sdar-seqd": "python train_residual.py seqd --base models/tiny-sdar --out models/tiny-sdar-seqd",
-            "tiny-sdar-rcd": "python train_residual.py rcd --base models/tiny-sdar --reference models/tiny-sdar "
-                             "--out models/tiny-sdar-rcd",
-            "tiny-sdar-mrp": "python mrp.py train --backbone models/tiny-sdar --out models/tiny-sdar-mrp",
-            "tiny-sdar-mrp-remask": "python mrp.py train --backbone models/tiny-sdar --reveals 1,2,3,4,6,8,12,16 "
-                                    "--reveal-from backbone --steps 3000 --out models/tiny-sdar-mrp-remask",
-            "tiny-sdar-mrp-1lyr": "python mrp.py train --backbone models/tiny-sdar --layers 1 --out models/tiny-sdar-mrp-1lyr",
-            "tiny-llada-seqd": "python train_residual.py seqd --base models/tiny-llada --out models/tiny-llada-seqd",
-            "tiny-llada-rcd": "python train_residual.py rcd --base models/tiny-llada --reference models/tiny-llada "
-                              "--out models/tiny-llada-rcd"}
+EMBEDDED = {
+    "tiny-llada": "python train.py --family llada --out models/tiny-llada",
+    "tiny-sdar": "python train.py --family sdar --block-size 32 --out models/tiny-sdar",
+    "tiny-sdar-seqd": "python train_residual.py seqd --base models/tiny-sdar --out models/tiny-sdar-seqd",
+    "tiny-sdar-rcd": "python train_residual.py rcd --base models/tiny-sdar --reference models/tiny-sdar "
+                     "--out models/tiny-sdar-rcd",
+    "tiny-sdar-mrp": "python mrp.py train --backbone models/tiny-sdar --out models/tiny-sdar-mrp",
+    "tiny-sdar-mrp-remask": "python mrp.py train --backbone models/tiny-sdar --reveals 1,2,3,4,6,8,12,16 "
+                            "--reveal-from backbone --steps 3000 --out models/tiny-sdar-mrp-remask",
+    "tiny-sdar-mrp-1lyr": "python mrp.py train --backbone models/tiny-sdar --layers 1 "
+                          "--out models/tiny-sdar-mrp-1lyr",
+    "tiny-llada-seqd": "python train_residual.py seqd --base models/tiny-llada --out models/tiny-llada-seqd",
+    "tiny-llada-rcd": "python train_residual.py rcd --base models/tiny-llada --reference models/tiny-llada "
+                      "--out models/tiny-llada-rcd"}
 EMBEDDED["tiny-sdar-mrp-remask-long"] = (  # the remasking head trained on: 3,000 + 2,500 + 3,000 steps
-    EMBEDDED["tiny-sdar-mrp-remask"] + ", then python mrp.py train --init models/tiny-sdar-mrp-remask --seed 1 "
-    "--reveals 1,2,3,4,6,8,12,16 --reveal-from backbone --steps 2500 --out runs/tiny-sdar-mrp-remask-cont, then "
-    "python mrp.py train --init runs/tiny-sdar-mrp-remask-cont --seed 2 --reveals 1,2,3,4,6,8,12,16 "
-    "--reveal-from backbone --steps 3000 --out models/tiny-sdar-mrp-remask-long")
-GEN_LENGTH = {"tiny": 56, "gsm8k": 256, "math500": 512, "aime24": 1024, "aime25": 1024, "humaneval": 512, "mbpp": 512}
+    EMBEDDED["tiny-sdar-mrp-remask"] + ", then python mrp.py train --init models/tiny-sdar-mrp-remask "
+    "--seed 1 --reveals 1,2,3,4,6,8,12,16 --reveal-from backbone --steps 2500 "
+    "--out runs/tiny-sdar-mrp-remask-cont, then python mrp.py train --init runs/tiny-sdar-mrp-remask-cont "
+    "--seed 2 --reveals 1,2,3,4,6,8,12,16 --reveal-from backbone --steps 3000 "
+    "--out models/tiny-sdar-mrp-remask-long")
+# generation length per task (block length: 32 for LLaDA, 8 on tiny; the checkpoint's block size for SDAR)
+GEN_LENGTH = {"tiny": 56, "gsm8k": 256, "math500": 512, "aime24": 1024, "aime25": 1024, "humaneval": 512,
+              "mbpp": 512}
 
 # -----------------------------------------------------------------------------
 # Methods: (model, prompts, s) -> (x, stats). `s` is one setting (gen_length, block_length, steps, threshold,
-# temperature, cache) plus the method's knobs and extra modules (an RCD reference, an MRP head).
+# temperature, cache) plus the method's knobs and extra modules (an RCD reference, an MRP head). The first
+# line of each docstring is the method's description in --help.
 
 
 def decode_baseline(model, prompts, s):
-    """One token per step (or `steps` steps): LLaDA low-confidence remasking, SDAR's static rule."""
+    """A fixed number of tokens per step: LLaDA low-confidence remasking, SDAR's static rule."""
     if s["threshold"] is not None:  # it would decode one token per step under a "threshold=" label
-        raise SystemExit("--method baseline decodes a fixed number of tokens per step: use --steps, or --method "
-                         "threshold for --thresholds")
+        raise SystemExit("--method baseline decodes a fixed number of tokens per step: use --steps, or "
+                         "--method threshold for --thresholds")
     if model.config.family == "llada":
-        return decode.generate(model, prompts, steps=s["steps"] or s["gen_length"], gen_length=s["gen_length"],
-                               block_length=s["block_length"], temperature=s["temperature"], cache=s["cache"])
+        return decode.generate(model, prompts, steps=s["steps"] or s["gen_length"],
+                               gen_length=s["gen_length"], block_length=s["block_length"],
+                               temperature=s["temperature"], cache=s["cache"])
     return decode.block_generate(model, prompts, gen_length=s["gen_length"], block_length=s["block_length"],
-                                 denoising_steps=s["steps"] or s["block_length"], temperature=s["temperature"])
+                                 denoising_steps=s["steps"] or s["block_length"],
+                                 temperature=s["temperature"])
 
 
 def decode_threshold(model, prompts, s):
@@ -86,10 +97,11 @@ def decode_threshold(model, prompts, s):
 def cached(cache):
     def run(model, prompts, s):
         if model.config.family != "llada":
-            raise SystemExit(f"{cache}-cache is Fast-dLLM's LLaDA cache; SDAR always decodes with its exact KV cache")
-        return decode.generate(model, prompts, steps=s["steps"] or s["gen_length"], gen_length=s["gen_length"],
-                               block_length=s["block_length"], threshold=s["threshold"], cache=cache,
-                               temperature=s["temperature"])
+            raise SystemExit(f"{cache}-cache is Fast-dLLM's LLaDA cache; SDAR always decodes with its exact "
+                             "KV cache")
+        return decode.generate(model, prompts, steps=s["steps"] or s["gen_length"],
+                               gen_length=s["gen_length"], block_length=s["block_length"],
+                               threshold=s["threshold"], cache=cache, temperature=s["temperature"])
     run.__doc__ = f"Fast-dLLM's {cache} KV cache (LLaDA), with the threshold rule when --thresholds is given."
     return run
 
@@ -105,23 +117,31 @@ def decode_rcd(model, prompts, s):
                                temperature=s["temperature"])
 
 
+MRP_MODES = {"direct": "1 + K tokens per backbone forward, unverified (lossy)",
+             "spec": "draft K tokens, verify them in one backbone forward (lossless under greedy decoding)",
+             "remask": "threshold reveals, revoked where the corrected confidence falls below it"}
+
+
 def mrp_mode(mode):
     def run(model, prompts, s):
         import mrp
         return mrp.decode_mrp(model, prompts, mrp=s["mrp"], mode=mode, gen_length=s["gen_length"],
-                              block_length=s["block_length"], threshold=s["threshold"], mrp_steps=s["mrp_steps"],
-                              remask=s["remask"], delta=s["delta"], temperature=s["temperature"])
-    run.__doc__ = f"Multi-token Residual Prediction (mrp.py), {mode} mode."
+                              block_length=s["block_length"], threshold=s["threshold"],
+                              mrp_steps=s["mrp_steps"], remask=s["remask"], delta=s["delta"],
+                              temperature=s["temperature"])
+    run.__doc__ = f"Multi-token Residual Prediction (mrp.py): {MRP_MODES[mode]}."
     return run
 
 
 def decode_elastic(model, prompts, s):
     """Elastic-dLLM (mask_compress.py): compressed future masks (LLaDA) or the terminal anchor (SDAR)."""
     import mask_compress
-    return mask_compress.decode_elastic(model, prompts, gen_length=s["gen_length"], block_length=s["block_length"],
-                                        steps=s["steps"], threshold=s["threshold"], r=s["r"], cache=s["cache"],
-                                        budget=s["budget"], positions=s["positions"], temperature=s["temperature"],
-                                        sampler=s["sampler"], terminal=s["terminal"], window=s["window"])
+    return mask_compress.decode_elastic(model, prompts, gen_length=s["gen_length"],
+                                        block_length=s["block_length"], steps=s["steps"],
+                                        threshold=s["threshold"], r=s["r"], cache=s["cache"],
+                                        budget=s["budget"], positions=s["positions"],
+                                        temperature=s["temperature"], sampler=s["sampler"],
+                                        terminal=s["terminal"], window=s["window"])
 
 
 METHODS = {
@@ -145,6 +165,8 @@ ELASTIC_LAYOUT = {"sampler": "stride", "terminal": True, "window": 0}
 COUNTERPART = {"rcd": ("threshold", os.path.join(HERE, "models", "tiny-llada-seqd")),
                "mrp-direct": ("baseline", "same"), "mrp-spec": ("baseline", "same"),
                "mrp-remask": ("threshold", "same"), "elastic": ("baseline", "same")}
+# What the table calls a counterpart: RCD's is SeqD, the same fine-tuning without residuals (the paper's).
+COUNTERPART_NAME = {"rcd": "SeqD"}
 # rcd: the LLaDA-format pair in one block of 56, where parallel decoding costs accuracy (README, "Results";
 # the SDAR-format pair is models/tiny-sdar-rcd with --compare models/tiny-sdar-seqd).
 DEFAULTS = {"rcd": dict(model=os.path.join(HERE, "models", "tiny-llada-rcd"), thresholds="0.3,0.5,0.7,0.9",
@@ -173,7 +195,8 @@ def load(path, method, args, device, dtype):
 
 def setting_name(s):
     keys = [k for k in ("steps", "threshold") if s[k] is not None]
-    return ",".join(f"{k}={s[k]}" for k in keys) or f"steps={s['gen_length'] if s['family'] == 'llada' else s['block_length']}"
+    default = s["gen_length"] if s["family"] == "llada" else s["block_length"]
+    return ",".join(f"{k}={s[k]}" for k in keys) or f"steps={default}"
 
 
 def fingerprint(folders, s, args, dtype):
@@ -190,8 +213,9 @@ def fingerprint(folders, s, args, dtype):
                 h.update(f"{name}:{size}".encode() + f.read(1 << 20))
                 f.seek(max(0, size - (1 << 20)))
                 h.update(f.read(1 << 20))
-    used = ("method", "family", "gen_length", "block_length", "name", "temperature", "cache",  # name: the
-            *METHOD_KNOBS.get(s["method"], ()))  # effective steps / threshold, so --steps 56 reuses a default run
+    # name: the effective steps / threshold, so --steps 56 reuses a default run
+    used = ("method", "family", "gen_length", "block_length", "name", "temperature", "cache",
+            *METHOD_KNOBS.get(s["method"], ()))
     knobs = {k: s[k] for k in used}
     if s["method"] == "rcd" and s["rcd_init"] == "dirichlet":  # only where used: other logs stay valid
         knobs["concentration"] = s["concentration"]
@@ -206,35 +230,41 @@ def fingerprint(folders, s, args, dtype):
 
 
 def sample_key(fp, record):
-    return hashlib.sha256((fp + json.dumps([record["question"], record["gold"]], default=str)).encode()).hexdigest()[:16]
+    problem = json.dumps([record["question"], record["gold"]], default=str)
+    return hashlib.sha256((fp + problem).encode()).hexdigest()[:16]
+
+
+def score(task, batch, outputs, args):
+    """(extracted answer or program, correct, rule or status) for each output of a batch."""
+    if tasks.BENCHMARKS[task]["metric"] == "pass@1":
+        programs = [tasks.code_program(task, r, tasks.extract_answer(task, o))
+                    for r, o in zip(batch, outputs)]
+        results = sandbox.run_programs(programs, allow_code_exec=args.allow_code_exec,
+                                       timeout=args.code_timeout)
+        return [(p, res["status"] == "passed", res["status"]) for p, res in zip(programs, results)]
+    return [(a, tasks.is_correct(task, a, r["gold"]), rule) for r, (a, rule) in
+            zip(batch, (tasks.extract_with_rule(task, o) for o in outputs))]
 
 
 def run_setting(net, tok, records, s, args, done, log, bar):
     """Generate and score every record of one setting, in batches, appending each result to `log`."""
     todo = [r for r in records if (s["name"], r["id"]) not in done]
-    code_task = tasks.BENCHMARKS[args.task]["metric"] == "pass@1"
     for i in range(0, len(todo), args.batch_size):
         batch = todo[i:i + args.batch_size]
-        prompts = [tok.encode(tok.apply_chat_template(tasks.prompt_messages(args.task, r))) for r in batch]
+        prompts = [tok.encode_chat(tasks.prompt_messages(args.task, r)) for r in batch]  # content stays text
         torch.manual_seed(args.seed)
         try:
             x, stats = METHODS[s["method"]](net, prompts, s)
-        except ValueError as e:  # a decoder refusing these settings (lengths, steps, budget): one line, log kept
+        except ValueError as e:  # a decoder refusing these settings (lengths, steps, budget): one line
             raise SystemExit(f"--method {s['method']} ({s['name']}): {e}") from None
         outputs = [tok.decode(x[j, st:st + n].tolist(), skip_special_tokens=True)
                    for j, (st, n) in enumerate(zip(stats["gen_start"], stats["gen_tokens"]))]
-        if code_task:
-            programs = [tasks.code_program(args.task, r, tasks.extract_answer(args.task, o)) for r, o in zip(batch, outputs)]
-            results = tasks.run_programs(programs, allow_code_exec=args.allow_code_exec, timeout=args.code_timeout)
-            scored = [(p, res["status"] == "passed", res["status"]) for p, res in zip(programs, results)]
-        else:
-            scored = [(a, tasks.is_correct(args.task, a, r["gold"]), rule) for r, (a, rule) in
-                      zip(batch, (tasks.extract_with_rule(args.task, o) for o in outputs))]
+        scored = score(args.task, batch, outputs, args)
         for j, (r, out, (answer, ok, rule)) in enumerate(zip(batch, outputs, scored)):
-            row = {"setting": s["name"], "id": r["id"], "key": sample_key(s["fingerprint"], r), "output": out, "extracted": answer, "correct": bool(ok),
-                   "rule": rule, "nfe": stats["nfe_per_sample"][j], "tokens": stats["gen_tokens"][j],
-                   "seconds": stats["seconds"] / len(batch)}
-            if "alpha_mean" in stats:  # rcd: its batch's mean residual weight over the masked positions computed
+            row = {"setting": s["name"], "id": r["id"], "key": sample_key(s["fingerprint"], r), "output": out,
+                   "extracted": answer, "correct": bool(ok), "rule": rule, "nfe": stats["nfe_per_sample"][j],
+                   "tokens": stats["gen_tokens"][j], "seconds": stats["seconds"] / len(batch)}
+            if "alpha_mean" in stats:  # rcd: its batch's mean residual weight over the masked positions
                 row["alpha"] = stats["alpha_mean"]
             log.write(json.dumps(row) + "\n")
             done[(s["name"], r["id"])] = row
@@ -243,19 +273,21 @@ def run_setting(net, tok, records, s, args, done, log, bar):
 
 
 def summarize(rows, task, label, s, n_expected):
-    nfe, tokens, sec = sum(r["nfe"] for r in rows), sum(r["tokens"] for r in rows), sum(r["seconds"] for r in rows)
-    n = max(1, len(rows))
+    nfe, tokens = sum(r["nfe"] for r in rows), sum(r["tokens"] for r in rows)
+    sec, n = sum(r["seconds"] for r in rows), max(1, len(rows))
+    alpha = rows and all("alpha" in r for r in rows)
     return {"task": task, "method": s["method"], "model": label, "setting": s["name"], "n": len(rows),
             "accuracy": 100.0 * sum(r["correct"] for r in rows) / n, "nfe": nfe / n, "tokens": tokens / n,
-            "tokens_per_forward": tokens / max(1, nfe), "seconds": sec, "ms_per_forward": 1000 * sec / max(1, nfe),
-            "complete": len(rows) == n_expected,
-            **({"alpha_mean": sum(r["alpha"] for r in rows) / n} if rows and all("alpha" in r for r in rows) else {})}
+            "tokens_per_forward": tokens / max(1, nfe), "seconds": sec,
+            "ms_per_forward": 1000 * sec / max(1, nfe), "complete": len(rows) == n_expected,
+            **({"alpha_mean": sum(r["alpha"] for r in rows) / n} if alpha else {})}
 
 
 def paired(base, new):
-    """The method's accuracy minus its counterpart's on the same problems (dicts id -> correct), in points, with
-    a 95 % interval from the per-problem differences (normal approximation: 1.96 standard errors of their mean;
-    pairing removes the variance both runs share), and how many problems only one of the two gets right."""
+    """The method's accuracy minus its counterpart's on the same problems (dicts id -> correct), in points,
+    with a 95 % interval from the per-problem differences (normal approximation: 1.96 standard errors of
+    their mean; pairing removes the variance both runs share), and how many problems only one of the two
+    gets right."""
     d = [int(new[i]) - int(base[i]) for i in new if i in base]
     n = len(d)
     mean = sum(d) / max(n, 1)
@@ -264,229 +296,486 @@ def paired(base, new):
             "only_method": d.count(1), "only_counterpart": d.count(-1)}
 
 
-def plot(rows, path):
-    """Accuracy against tokens per forward, one line per (model, method); only if matplotlib is installed."""
+def default_block_length(family, block_size, task):
+    """SDAR decodes in its checkpoint's block size; LLaDA in blocks of 8 on the built-in task, else 32."""
+    if family == "sdar":
+        return block_size
+    return 8 if task == "tiny" else 32
+
+
+def settings_for(args, path, method, net, extras):
+    """(base, settings): the run's shared setting, and one setting per --steps x --thresholds value, each
+    with its name and fingerprint."""
+    mrp_steps = args.mrp_steps
+    if mrp_steps is None:
+        mrp_steps = 3 if method == "mrp-spec" else 1
+    family = net.config.family
+    base = dict(family=family, method=method, gen_length=args.gen_length or GEN_LENGTH[args.task],
+                temperature=args.temperature, cache=args.cache, t_res=args.t_res,
+                alpha_scale=args.alpha_scale, remask=args.remask, delta=args.delta, r=args.r,
+                budget=args.budget, positions=args.positions, sampler=args.sampler, terminal=args.terminal,
+                window=args.window, rcd_init=args.rcd_init or ("reference" if args.reference else "zero"),
+                concentration=1.0 if args.concentration is None else args.concentration,
+                rcd_source=args.rcd_source, mrp_steps=mrp_steps,
+                block_length=args.block_length or default_block_length(family, net.config.block_size,
+                                                                       args.task), **extras)
+    steps, thresholds = args.sweep
+    settings = [dict(base, steps=st, threshold=th) for st in steps for th in thresholds]
+    for s in settings:
+        s["name"] = setting_name(s)
+        folders = [model_lib.resolve(p) for p in (path, s.get("reference") and args.reference) if p]
+        s["fingerprint"] = fingerprint(folders, s, args, net.lm_head.weight.dtype)
+    return base, settings
+
+
+def samples_path(args, runs, path, method, rank, world):
+    """The run's JSONL log: runs/TASK-METHOD-MODEL.jsonl, or --samples for the method's own run (its
+    counterpart writes beside it); one file per rank under torchrun."""
+    name = os.path.basename(os.path.normpath(path))
+    samples = os.path.join("runs", f"{args.task}-{method}-{name}.jsonl")
+    if args.samples:
+        root, ext = os.path.splitext(args.samples)
+        samples = args.samples if (path, method) == runs[-1] else f"{root}-{method}-{name}{ext}"
+    return f"{samples}.rank{rank}" if world > 1 else samples
+
+
+def resume(samples, settings, shard, task):
+    """The samples a log already holds, {(setting, id): row}; a line written by another model, data or
+    setting, or a code task's line scored without running its program, stops the run, leaving the log as
+    it is."""
+    done = {}
+    if not os.path.exists(samples):
+        return done
+    wanted = {(s["name"], r["id"]): sample_key(s["fingerprint"], r) for s in settings for r in shard}
+    with open(samples) as f:
+        for n_line, line in enumerate(f, 1):
+            row = json.loads(line)
+            if tasks.scored_without_exec(task, row):
+                raise SystemExit(f"{samples}, line {n_line}: scored without running its program (no "
+                                 "--allow-code-exec); move the file away or name another with --samples")
+            key = (row["setting"], row["id"])
+            if key in wanted and row.get("key") != wanted[key]:
+                raise SystemExit(f"{samples}, line {n_line}: written by another model, data or setting "
+                                 f"({row['setting']}, {row['id']}); move the file away or name another with "
+                                 "--samples")
+            done[key] = row
+    return done
+
+
+def method_knobs(method, base):
+    """The method's own knobs, printed with the results (beyond-the-paper ones only where changed)."""
+    keys = [*METHOD_KNOBS.get(method, ()), *(ELASTIC_LAYOUT if method == "elastic" else ())]
+    if method == "rcd" and base["alpha_scale"] != 1:
+        keys.append("alpha_scale")
+    if method == "rcd" and base["rcd_source"] != "self":
+        keys.append("rcd_source")
+    return {k: base[k] for k in keys}
+
+
+def run_one(args, runs, path, method, net, extras, records, info, rank, world):
+    """One (checkpoint, method) of the plan: every setting over this rank's share of the problems, resumed
+    from its log. Returns the settings' summaries, {setting: {id: correct}}, a header and the base setting."""
+    tok = load_tokenizer(model_lib.resolve(path))
+    base, settings = settings_for(args, path, method, net, extras)
+    shard, family, dtype = records[rank::world], net.config.family, net.lm_head.weight.dtype
+    samples = samples_path(args, runs, path, method, rank, world)
+    os.makedirs(os.path.dirname(samples) or ".", exist_ok=True)
+    done = resume(samples, settings, shard, args.task)
+    weight = net.lm_head.weight
+    device_name = torch.cuda.get_device_name(weight.device) if weight.is_cuda else "CPU"
+    if rank == 0:
+        print(f"{args.task}: {info['n']} problems from {info['source']} (sha256 {info['sha256'] or '-'}); "
+              f"{method} with {path} ({family}) on {device_name} in {dtype}; {len(settings)} setting(s); "
+              f"{len(done)} samples already in {samples}")
+    from tqdm import tqdm
+    bar = tqdm(total=len(shard) * len(settings), desc=method, disable=rank != 0,
+               initial=sum((s["name"], r["id"]) in done for s in settings for r in shard))
+    with open(samples, "a") as log:
+        for s in settings:
+            run_setting(net, tok, shard, s, args, done, log, bar)
+    bar.close()
+    mine = [done[(s["name"], r["id"])] for s in settings for r in shard]
+    if world > 1:
+        import torch.distributed as dist
+        gathered = [None] * world if rank == 0 else None
+        dist.gather_object(mine, gathered, dst=0)
+        mine = [row for part in gathered for row in part] if rank == 0 else []
+    name = os.path.basename(os.path.normpath(path))
+    rows = [summarize([r for r in mine if r["setting"] == s["name"]], args.task, name, s, len(records))
+            for s in settings]
+    correct = {s["name"]: {r["id"]: r["correct"] for r in mine if r["setting"] == s["name"]}
+               for s in settings}
+    header = {"device": device_name, "dtype": str(dtype).replace("torch.", ""), "family": family,
+              "batch_size": args.batch_size, "gen_length": base["gen_length"],
+              "block_length": base["block_length"], "metric": tasks.BENCHMARKS[args.task]["metric"],
+              "data_sha256": info["sha256"], "world_size": world, "command": " ".join(sys.argv), "knobs": {}}
+    return rows, correct, header, base
+
+
+def run(args, runs):
+    """Every (checkpoint, method) of the plan in order, a model loaded once. (rows, header, correct) on
+    rank 0; None on the other ranks of a torchrun."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:
+        import torch.distributed as dist
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    device = args.device or "cpu"
+    if args.device is None and torch.cuda.is_available():
+        device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    records, info = tasks.load_records(args.task, args.data, args.limit)
+    rows, header, loaded, correct = [], None, {}, {}
+    for path, method in runs:
+        how = args.method if path == args.model else method  # an MRP checkpoint's backbone serves both runs
+        if (path, how) not in loaded:
+            loaded[(path, how)] = load(path, how, args, device, dtype)
+        net, extras = loaded[(path, how)]
+        run_rows, correct[(path, method)], run_header, base = run_one(args, runs, path, method, net, extras,
+                                                                      records, info, rank, world)
+        rows += run_rows
+        header = header or run_header
+        if method == args.method:
+            header["knobs"] = method_knobs(method, base)
+    if world > 1:
+        dist.destroy_process_group()
+    return (rows, header, correct) if rank == 0 else None
+
+
+# -----------------------------------------------------------------------------
+# Reporting
+
+# What "accuracy" means for each task's rule (tasks.py), in words
+RULES = {"gsm8k_hash": "the number after '####' (else the last number) is the reference answer",
+         "gsm8k_boxed": "the last \\boxed{} (else the number after '####', else the last number) is the "
+                        "answer",
+         "math_norm": "the last \\boxed{} equals the answer after Minerva's normalisation",
+         "aime_int": "the last \\boxed{}, read as an integer, is the answer",
+         "pass@1": "the generated program passes the task's tests (one sample per problem)"}
+LEGEND = """\
+setting         the denoising steps (LLaDA: in all; SDAR: per block) or the confidence threshold
+forwards        model forwards per problem whose predictions decide tokens (the papers' NFE)
+tokens          tokens generated per problem, up to the end-of-answer token
+tokens/forward  tokens / forwards: how many tokens a forward commits on average (1 = one at a time)
+ms/forward      wall milliseconds per forward and problem (a batched forward counts once per problem)"""
+
+
+def counterpart_name(runs, rows, method):
+    """What the table calls a method's counterpart (RCD's is SeqD), or None when it runs alone."""
+    return COUNTERPART_NAME.get(method, rows[0]["method"]) if len(runs) == 2 else None
+
+
+def labels_for(rows, name):
+    """Each row's method as the table shows it: the first half are the counterpart's rows, if any."""
+    if name is None:
+        return [r["method"] for r in rows]
+    half = len(rows) // 2
+    return [f"{name} (counterpart)"] * half + [r["method"] for r in rows[half:]]
+
+
+def print_table(rows, labels, header, args):
+    cols = [("model", [r["model"] for r in rows]), ("method", labels),
+            ("setting", [r["setting"] for r in rows])]
+    widths = [max(len(h), *map(len, v)) for h, v in cols]
+    print("\n" + "  ".join(f"{h:{w}}" for (h, _), w in zip(cols, widths)) +
+          "  problems  accuracy  forwards  tokens  tokens/forward  ms/forward  seconds")
+    for i, r in enumerate(rows):
+        print("  ".join(f"{v[i]:{w}}" for (_, v), w in zip(cols, widths)) +
+              f"  {r['n']:8d}  {r['accuracy']:7.1f}%  {r['nfe']:8.1f}  {r['tokens']:6.1f}  "
+              f"{r['tokens_per_forward']:14.2f}  {r['ms_per_forward']:10.1f}  {r['seconds']:7.1f}")
+    knobs = "".join(f", {k} {v}" for k, v in header["knobs"].items()
+                    if v is not None and not (k in ELASTIC_LAYOUT and v == ELASTIC_LAYOUT[k]))
+    print(f"({header['family']} on {header['device']} in {header['dtype']}; batch {args.batch_size}; "
+          f"{header['gen_length']} tokens in blocks of {header['block_length']}{knobs})\n")
+    print(f"accuracy        % of problems where {RULES.get(header['metric'], header['metric'])}")
+    print(LEGEND)
+
+
+def compare(rows, name, correct):
+    """The method against its counterpart, setting by setting, on the same problems (paired): one line
+    each, and the numbers in each row's "vs_counterpart"."""
+    (_, base_correct), (_, new_correct) = correct.items()
+    lines = []
+    for r in rows[len(rows) // 2:]:
+        r["vs_counterpart"] = c = paired(base_correct[r["setting"]], new_correct[r["setting"]])
+        lines.append(f"{r['method']} - {name} at {r['setting']}: {c['delta']:+.1f} +- {c['ci95']:.1f} "
+                     f"points (95 %, paired over {c['n']} problems; right only with {r['method']}: "
+                     f"{c['only_method']}, only with {name}: {c['only_counterpart']})")
+    return lines
+
+
+MARKS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def chart(rows, labels, width=48, height=10):
+    """Accuracy against tokens per forward as text, one letter per (model, method) of the table."""
+    keys = list(dict.fromkeys((r["model"], label) for r, label in zip(rows, labels)))
+    xs, ys = [r["tokens_per_forward"] for r in rows], [r["accuracy"] for r in rows]
+    grid = [[" "] * width for _ in range(height)]
+    for x, y, key in zip(xs, ys, zip([r["model"] for r in rows], labels)):
+        col = round((x - min(xs)) / ((max(xs) - min(xs)) or 1) * (width - 1))
+        line = round((max(ys) - y) / ((max(ys) - min(ys)) or 1) * (height - 1))
+        mark = MARKS[keys.index(key) % 26]
+        grid[line][col] = mark if grid[line][col] in (" ", mark) else "*"
+    ticks = {0: f"{max(ys):.1f}%", height - 1: f"{min(ys):.1f}%"}
+    out = ["accuracy against tokens per forward (* = points on top of each other)"]
+    out += [f"{ticks.get(i, ''):>7} |" + "".join(cells).rstrip() for i, cells in enumerate(grid)]
+    out += [" " * 8 + "+" + "-" * width,
+            " " * 9 + f"{min(xs):<{width // 2}.2f}{max(xs):>{width - width // 2}.2f}",
+            " " * 9 + "tokens per forward".center(width).rstrip()]
+    out += [f"  {MARKS[i % 26]} = {label} ({model})" for i, (model, label) in enumerate(keys)]
+    print("\n".join(out))
+
+
+def plot(rows, labels, path, title):
+    """The same picture as a PNG when matplotlib is installed (it is not a requirement). True if written."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("(matplotlib is not installed: no plot)")
-        return
-    for key in dict.fromkeys((r["model"], r["method"]) for r in rows):
-        pts = sorted((r["tokens_per_forward"], r["accuracy"]) for r in rows if (r["model"], r["method"]) == key)
+        return False
+    fig = plt.figure()
+    for key in dict.fromkeys(zip((r["model"] for r in rows), labels)):
+        pts = sorted((r["tokens_per_forward"], r["accuracy"]) for r, label in zip(rows, labels)
+                     if (r["model"], label) == key)
         plt.plot(*zip(*pts), marker="o", label=f"{key[1]} ({key[0]})")
+    plt.title(title)
     plt.xlabel("tokens per forward")
     plt.ylabel("accuracy (%)")
     plt.legend()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     plt.savefig(path, dpi=120)
+    plt.close(fig)
     print(f"plot: {path}")
+    return True
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="checkpoint folder or Hugging Face repo id (default: the embedded "
-                                                 "model for the method: tiny-llada, tiny-sdar-rcd, tiny-sdar-mrp)")
-    ap.add_argument("--task", default="tiny", choices=list(tasks.BENCHMARKS), help="benchmark (default: the built-in task)")
-    ap.add_argument("--method", default="baseline", choices=list(METHODS), help="decoding method")
-    ap.add_argument("--compare", default=None, help="also run the method's plain counterpart (threshold/baseline) on "
-                                                    "this checkpoint ('same' = the method's own; default for research "
-                                                    "methods: their baseline, e.g. the embedded SeqD model for rcd)")
-    ap.add_argument("--no-compare", action="store_true", help="run the method alone")
-    ap.add_argument("--data", default=None, help="local JSON/JSONL(.gz) data file (default: built-in or the pinned Hub file)")
-    ap.add_argument("--limit", type=int, default=None, help="evaluate the first N problems")
-    ap.add_argument("--gen-length", type=int, default=None, help="tokens to generate (default: per task)")
-    ap.add_argument("--block-length", type=int, default=None, help="block length (default: 8 for LLaDA on tiny, 32 otherwise; "
-                                                                   "the checkpoint's block size for SDAR)")
-    ap.add_argument("--steps", default=None, help="comma-separated sweep: LLaDA total steps, SDAR steps per block")
-    ap.add_argument("--thresholds", default=None, help="comma-separated sweep of confidence thresholds, e.g. 0.5,0.7,0.9")
-    ap.add_argument("--cache", choices=["prefix", "dual"], default=None, help="Fast-dLLM cache for LLaDA methods")
-    ap.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
-    ap.add_argument("--t-res", type=float, default=1.0, help="rcd: entropy temperature T_res (tempers alpha only)")
-    ap.add_argument("--alpha-scale", type=float, default=1.0,
-                    help="rcd: alpha = clip(scale * H / log V, 0, 1) (1 = the paper); use the scale the model was "
-                         "trained with (train_residual.py --alpha-scale)")
-    ap.add_argument("--rcd-init", choices=["zero", "reference", "self", "dirichlet"], default=None,
-                    help="rcd: residual start (default: reference if --reference is given, else zero)")
-    ap.add_argument("--concentration", type=float, default=None,
-                    help="rcd --rcd-init dirichlet: the Dirichlet concentration c (not given in the paper; default 1)")
-    ap.add_argument("--reference", default=None, help="rcd: reference checkpoint for the warm start")
-    ap.add_argument("--rcd-source", choices=["self", "reference"], default="self",
-                    help="rcd: what predicts each forward's residual: the previous forward (self, the paper) or, as "
-                         "in training, the --reference on the same input (a diagnostic: two forwards per step)")
-    ap.add_argument("--mrp-steps", type=int, default=None, help="mrp: K (default 3 for spec, 1 for direct and remask)")
+def report(args, runs, rows, header, correct):
+    """The table with its legend, the paired comparison, the chart; --out and --json for scripts."""
+    header["model"] = args.model
+    name = counterpart_name(runs, rows, args.method)
+    labels = labels_for(rows, name)
+    print_table(rows, labels, header, args)
+    lines = [f"{r['model']} {r['setting']}: mean residual weight alpha {r['alpha_mean']:.4f} (over the "
+             "masked positions RCD computed; each batch's mean, averaged over the problems)"
+             for r in rows if "alpha_mean" in r]
+    lines += compare(rows, name, correct) if name is not None else []
+    print("\n" + "\n".join(lines) if lines else "")
+    if len(rows) > 1:
+        chart(rows, labels)
+    if args.plot or (name is not None and len(rows) > 2):
+        model = os.path.basename(os.path.normpath(args.model))  # named by model: another's run keeps this one
+        title = f"{args.task}: {args.method} on {model}" + (f" vs {name}" if name else "")
+        path = args.plot or os.path.join("runs", f"{args.task}-{args.method}-{model}.png")
+        if not plot(rows, labels, path, title) and args.plot:
+            print("--plot: matplotlib is not installed, so no PNG (the text chart above shows the same)")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({**header, "rows": rows}, f, indent=2)
+    if args.json:
+        print(json.dumps({**header, "rows": rows}))
+
+
+# -----------------------------------------------------------------------------
+# Command line
+
+
+def method_list():
+    """--help's list of methods, from the first line of each METHODS entry's docstring."""
+    width = max(map(len, METHODS))
+    return "methods (--method):\n" + "\n".join(f"  {name:{width}}  {fn.__doc__.strip().splitlines()[0]}"
+                                               for name, fn in METHODS.items())
+
+
+def add_run_args(ap):
+    by_model = {}
+    for method, d in DEFAULTS.items():
+        by_model.setdefault(os.path.relpath(d["model"], HERE), []).append(method)
+    model_help = "; ".join(f"{', '.join(m)}: {path}" for path, m in by_model.items())
+    g = ap.add_argument_group("what to evaluate")
+    g.add_argument("--method", default="baseline", choices=list(METHODS),
+                   help="decoding method (default: baseline; each is described below)")
+    g.add_argument("--model", default=None, help="checkpoint folder or Hugging Face repo id (default: "
+                                                 f"{os.path.relpath(DEFAULT_MODEL, HERE)}; {model_help})")
+    g.add_argument("--task", default="tiny", choices=list(tasks.BENCHMARKS), help="benchmark (default: the "
+                                                                                  "built-in task)")
+    g.add_argument("--data", default=None,
+                   help="local JSON/JSONL(.gz) data file (default: built-in or the pinned Hub file)")
+    g.add_argument("--limit", type=int, default=None, help="evaluate the first N problems")
+    g.add_argument("--compare", default=None,
+                   help="run a research method's counterpart (the plain decoder it improves on) on this "
+                        "checkpoint ('same' = the method's own; default: the method's own checkpoint, and "
+                        "for rcd with its default model the embedded SeqD model, models/tiny-llada-seqd)")
+    g.add_argument("--no-compare", action="store_true", help="run a research method alone")
+
+
+def add_decoding_args(ap):
+    g = ap.add_argument_group("decoding")
+    g.add_argument("--gen-length", type=int, default=None,
+                   help="tokens to generate (default: per task, " +
+                        ", ".join(f"{k} {v}" for k, v in GEN_LENGTH.items()) + ")")
+    g.add_argument("--block-length", type=int, default=None,
+                   help="block length (default: the checkpoint's block size for SDAR; for LLaDA 8 on the "
+                        "built-in task, 32 otherwise, and 56 for rcd with its default model)")
+    g.add_argument("--steps", default=None,
+                   help="comma-separated sweep: LLaDA total steps, SDAR steps per block (default: one "
+                        "token per step)")
+    g.add_argument("--thresholds", default=None,
+                   help="comma-separated sweep of confidence thresholds, e.g. 0.5,0.7,0.9 (default: none; "
+                        "rcd and mrp-remask: 0.3,0.5,0.7,0.9)")
+    g.add_argument("--cache", choices=["prefix", "dual"], default=None,
+                   help="Fast-dLLM cache for LLaDA methods")
+    g.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (set before every batch)")
+    g.add_argument("--batch-size", type=int, default=16, help="prompts decoded together")
+    g.add_argument("--device", default=None,
+                   help="cuda / cpu / mps (default: cuda if available; under torchrun cuda:LOCAL_RANK)")
+    g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="default: the checkpoint's dtype on CUDA, float32 on CPU")
+
+
+def add_method_args(ap):
+    g = ap.add_argument_group("rcd (Residual Context Diffusion, arXiv 2601.22954)")
+    g.add_argument("--t-res", type=float, default=1.0,
+                   help="entropy temperature T_res of Eq. 3 (tempers alpha only)")
+    g.add_argument("--reference", default=None,
+                   help="reference checkpoint for the warm start (v2's LLaDA recipe; without it: the cold "
+                        "start, a zero residual)")
+    g = ap.add_argument_group("mrp (Multi-token Residual Prediction, arXiv 2605.18817)")
+    g.add_argument("--mrp-steps", type=int, default=None,
+                   help="K (default 3 for spec, 1 for direct and remask)")
+    g = ap.add_argument_group("elastic (Elastic-dLLM, arXiv 2605.18165)")
+    g.add_argument("--r", type=int, default=4, help="[MASK] tokens kept per intermediate future block")
+    g.add_argument("--budget", type=int, default=None,
+                   help="LLaDA: fold the context (Sec. 4.2) so a forward sees at most this many tokens "
+                        "(generation past the model's maximum length; default: no folding)")
+
+
+def add_beyond_paper_args(ap):
     from mrp import REMASK_RULES
-    ap.add_argument("--remask", choices=REMASK_RULES, default="published",
-                    help="mrp-remask: the rule (published; the released code's delta veto; leave-one-out re-check by the "
-                         "MRP head or by the backbone, see mrp.py)")
-    ap.add_argument("--delta", type=float, default=2.0, help="mrp-remask code_delta: the |C| veto")
-    ap.add_argument("--r", type=int, default=4, help="elastic: [MASK] tokens kept per intermediate future block")
-    ap.add_argument("--sampler", choices=["stride", "random"], default="stride",
-                    help="elastic (LLaDA): which r masks of a future block are kept, evenly spaced or at random (seeded)")
-    ap.add_argument("--no-terminal", dest="terminal", action="store_false",
-                    help="elastic (LLaDA): drop the terminal block like the other future blocks (an ablation)")
-    ap.add_argument("--window", type=int, default=0,
-                    help="elastic (LLaDA): also keep the first N masks after the current block in full (not in the "
-                         "paper, which is 0: a DPad-style near window, see README)")
-    ap.add_argument("--budget", type=int, default=None, help="elastic (LLaDA): fold the context so a forward sees at "
-                                                            "most this many tokens (generation past the model's maximum length)")
-    ap.add_argument("--positions", choices=["original", "folded"], default="original",
-                    help="elastic (LLaDA): RoPE positions of kept tokens, original or renumbered 0..n-1")
-    ap.add_argument("--seed", type=int, default=0, help="random seed (set before every batch)")
-    ap.add_argument("--batch-size", type=int, default=16, help="prompts decoded together")
-    ap.add_argument("--device", default=None, help="cuda / cpu / mps (default: cuda if available; under torchrun cuda:LOCAL_RANK)")
-    ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                    help="default: the checkpoint's dtype on CUDA, float32 on CPU")
-    ap.add_argument("--samples", default=None, help="per-sample JSONL log, also the resume point (default: runs/TASK-METHOD-MODEL.jsonl; "
-                                                   "a counterpart run writes next to it)")
-    ap.add_argument("--out", default=None, help="write the summary rows to this JSON file")
-    ap.add_argument("--plot", default=None, help="with a comparison: accuracy vs tokens/forward PNG (needs matplotlib)")
-    ap.add_argument("--allow-code-exec", action="store_true", help="run model-written code (HumanEval/MBPP) in a sandbox")
-    ap.add_argument("--code-timeout", type=float, default=3.0, help="seconds per program")
-    args = ap.parse_args()
+    g = ap.add_argument_group("beyond the paper", "ablations, readings of what a paper leaves open, and this "
+                              "project's diagnostics; the defaults are the papers'")
+    g.add_argument("--rcd-init", choices=["zero", "reference", "self", "dirichlet"], default=None,
+                   help="rcd: the residual start (default: reference if --reference is given, else zero, the "
+                        "paper's two recipes; self and dirichlet are Table 5's ablations)")
+    g.add_argument("--concentration", type=float, default=None,
+                   help="rcd --rcd-init dirichlet: the Dirichlet concentration c (not given in the paper; "
+                        "default 1)")
+    g.add_argument("--rcd-source", choices=["self", "reference"], default="self",
+                   help="rcd: what predicts each forward's residual: the previous forward (self, the paper) "
+                        "or, as in training, the --reference on the same input (a diagnostic: two forwards "
+                        "per step)")
+    g.add_argument("--alpha-scale", type=float, default=1.0,
+                   help="rcd: alpha = clip(scale * H / log V, 0, 1) (1 = the paper); use the scale the model "
+                        "was trained with (train_residual.py --alpha-scale)")
+    g.add_argument("--remask", choices=REMASK_RULES, default="published",
+                   help="mrp-remask: the rule (published, the paper; code_delta, the released code's delta "
+                        "veto; leave-one-out re-check by the MRP head or by the backbone, see mrp.py)")
+    g.add_argument("--delta", type=float, default=2.0, help="mrp-remask code_delta: the |C| veto")
+    g.add_argument("--sampler", choices=["stride", "random"], default="stride",
+                   help="elastic (LLaDA): which r masks of a future block are kept, evenly spaced or at "
+                        "random (seeded)")
+    g.add_argument("--no-terminal", dest="terminal", action="store_false",
+                   help="elastic (LLaDA): drop the terminal block like the other future blocks (an ablation)")
+    g.add_argument("--window", type=int, default=0,
+                   help="elastic (LLaDA): also keep the first N masks after the current block in full (not "
+                        "in the paper, which is 0: a DPad-style near window, see README)")
+    g.add_argument("--positions", choices=["original", "folded"], default="original",
+                   help="elastic (LLaDA) with --budget: RoPE positions of kept tokens, original or "
+                        "renumbered 0..n-1")
+
+
+def add_output_args(ap):
+    g = ap.add_argument_group("output")
+    g.add_argument("--samples", default=None,
+                   help="per-sample JSONL log, also the resume point (default: runs/TASK-METHOD-MODEL.jsonl; "
+                        "a counterpart run writes next to it)")
+    g.add_argument("--out", default=None, help="write the summary (header and rows) to this JSON file")
+    g.add_argument("--json", action="store_true",
+                   help="end with the summary as one line of JSON (for scripts)")
+    g.add_argument("--plot", default=None,
+                   help="accuracy vs tokens per forward as a PNG at this path (needs matplotlib; with a "
+                        "comparison it goes to runs/TASK-METHOD-MODEL.png when matplotlib is installed)")
+    g = ap.add_argument_group("code tasks (HumanEval, MBPP)")
+    g.add_argument("--allow-code-exec", action="store_true",
+                   help="run model-written code (HumanEval/MBPP), each program in its own Linux namespaces "
+                        "with limits (see sandbox.py)")
+    g.add_argument("--code-timeout", type=float, default=3.0, help="seconds per program")
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, epilog=method_list(),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    for add in (add_run_args, add_decoding_args, add_method_args, add_beyond_paper_args, add_output_args):
+        add(ap)
+    return ap.parse_args(argv)
+
+
+def sweep(value, kind, flag):
+    """A comma-separated sweep flag as a list ([None] when not given), or a one-line error."""
+    if value is None:
+        return [None]
+    try:
+        return [kind(v) for v in value.split(",")]
+    except ValueError:
+        raise SystemExit(f"{flag} {value}: expected comma-separated {kind.__name__} values") from None
+
+
+def check_args(args):
+    """The method's defaults filled in, and contradictory flags refused in one line, before a model loads."""
     defaults = DEFAULTS.get(args.method, {})
     args.model = args.model or defaults.get("model", DEFAULT_MODEL)
     args.thresholds = args.thresholds or defaults.get("thresholds")
     if args.model == defaults.get("model"):
         args.block_length = args.block_length or defaults.get("block_length")
-    runs = [(args.model, args.method)]
     if not args.t_res > 0:
         raise SystemExit(f"--t-res {args.t_res}: must be > 0")
     if not args.alpha_scale >= 0:
         raise SystemExit(f"--alpha-scale {args.alpha_scale}: must be >= 0")
     if args.reference and args.rcd_init not in (None, "reference"):
-        raise SystemExit(f"--reference with --rcd-init {args.rcd_init}: the reference model is for --rcd-init reference "
-                         "(the default when --reference is given) and --rcd-source reference")
+        raise SystemExit(f"--reference with --rcd-init {args.rcd_init}: the reference model is for "
+                         "--rcd-init reference (the default when --reference is given) and --rcd-source "
+                         "reference")
     if args.rcd_source == "reference" and not args.reference:
         raise SystemExit("--rcd-source reference: give the reference model with --reference")
     if args.concentration is not None and args.rcd_init != "dirichlet":
-        raise SystemExit("--concentration is the Dirichlet start's parameter: give it with --rcd-init dirichlet")
+        raise SystemExit("--concentration is the Dirichlet start's parameter: give it with --rcd-init "
+                         "dirichlet")
     if args.compare and args.no_compare:
         raise SystemExit("--compare and --no-compare contradict each other: give one")
+    if refusal := tasks.code_exec_refusal(args.task, args.allow_code_exec):  # not a 0 % score
+        raise SystemExit(refusal)
+    args.sweep = sweep(args.steps, int, "--steps"), sweep(args.thresholds, float, "--thresholds")
+    return args
+
+
+def plan(args):
+    """[(checkpoint, method)]: the method's run, after its counterpart's when it has one."""
+    defaults = DEFAULTS.get(args.method, {})
+    runs = [(args.model, args.method)]
     if args.method in COUNTERPART and not args.no_compare:
         method, where = COUNTERPART[args.method]
-        if method == "baseline" and args.thresholds:  # the plain decoder at the same settings: threshold decoding
+        if method == "baseline" and args.thresholds:  # the plain decoder at the same threshold
             method = "threshold"
         target = args.compare or (where if args.model == defaults.get("model") else "same")
         runs.insert(0, (args.model if target == "same" else target, method))
     elif args.compare:
-        raise SystemExit(f"--compare: --method {args.method} has no research counterpart; run eval.py twice instead")
+        raise SystemExit(f"--compare: --method {args.method} has no research counterpart; run eval.py twice "
+                         "instead")
     for path, _ in runs:
         name = os.path.basename(os.path.normpath(path))
         if os.path.dirname(os.path.abspath(path)) == os.path.join(HERE, "models") and not os.path.isdir(path):
-            raise SystemExit(f"{path}: this embedded model is not in the checkout; make it with: {EMBEDDED.get(name, '?')}")
+            raise SystemExit(f"{path}: this embedded model is not in the checkout; make it with: "
+                             f"{EMBEDDED.get(name, '?')}")
+    return runs
 
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1:
-        import torch.distributed as dist
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    device = args.device or (f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
-    records, info = tasks.load_records(args.task, args.data, args.limit)
-    shard = records[rank::world]
-    steps = [int(v) for v in args.steps.split(",")] if args.steps else [None]
-    thresholds = [float(v) for v in args.thresholds.split(",")] if args.thresholds else [None]
-    rows, header, loaded, correct = [], None, {}, {run: {} for run in runs}
-    for path, method in runs:
-        how = args.method if path == args.model else method  # an MRP checkpoint's backbone serves its counterpart
-        if (path, how) not in loaded:
-            loaded[(path, how)] = load(path, how, args, device, getattr(torch, args.dtype) if args.dtype else None)
-        net, extras = loaded[(path, how)]
-        tok = load_tokenizer(model_lib.resolve(path))
-        family, dtype = net.config.family, net.lm_head.weight.dtype
-        base = dict(family=family, method=method, gen_length=args.gen_length or GEN_LENGTH[args.task],
-                    temperature=args.temperature, cache=args.cache, t_res=args.t_res, alpha_scale=args.alpha_scale,
-                    remask=args.remask,
-                    delta=args.delta, r=args.r, budget=args.budget, positions=args.positions, sampler=args.sampler,
-                    terminal=args.terminal, window=args.window, rcd_init=args.rcd_init or ("reference" if args.reference else "zero"),
-                    concentration=1.0 if args.concentration is None else args.concentration, rcd_source=args.rcd_source,
-                    mrp_steps=args.mrp_steps if args.mrp_steps is not None else 3 if method == "mrp-spec" else 1,
-                    block_length=args.block_length or (net.config.block_size if family == "sdar" else
-                                                       8 if args.task == "tiny" else 32), **extras)
-        settings = [dict(base, steps=st, threshold=th) for st in steps for th in thresholds]
-        for s in settings:
-            s["name"] = setting_name(s)
-            s["fingerprint"] = fingerprint([model_lib.resolve(p) for p in (path, s.get("reference") and args.reference) if p],
-                                           s, args, dtype)
-        name = os.path.basename(os.path.normpath(path))
-        samples = os.path.join("runs", f"{args.task}-{method}-{name}.jsonl")
-        if args.samples:  # the method's own run writes exactly there; its counterpart beside it
-            root, ext = os.path.splitext(args.samples)
-            samples = args.samples if (path, method) == runs[-1] else f"{root}-{method}-{name}{ext}"
-        if world > 1:
-            samples = f"{samples}.rank{rank}"
-        os.makedirs(os.path.dirname(samples) or ".", exist_ok=True)
-        done = {}
-        if os.path.exists(samples):  # resume: every line is one finished sample
-            wanted = {(s["name"], r["id"]): sample_key(s["fingerprint"], r) for s in settings for r in shard}
-            with open(samples) as f:
-                for n_line, line in enumerate(f, 1):
-                    row = json.loads(line)
-                    key = (row["setting"], row["id"])
-                    if key in wanted and row.get("key") != wanted[key]:
-                        raise SystemExit(f"{samples}, line {n_line}: written by another model, data or setting "
-                                         f"({row['setting']}, {row['id']}); move the file away or name another with --samples")
-                    done[key] = row
-        device_name = torch.cuda.get_device_name(net.lm_head.weight.device) if net.lm_head.weight.is_cuda else "CPU"
-        if rank == 0:
-            print(f"{args.task}: {info['n']} problems from {info['source']} (sha256 {info['sha256'] or '-'}); "
-                  f"{method} with {path} ({family}) on {device_name} in {dtype}; {len(settings)} setting(s); "
-                  f"{len(done)} samples already in {samples}")
-        from tqdm import tqdm
-        bar = tqdm(total=len(shard) * len(settings), desc=method, disable=rank != 0,
-                   initial=sum((s["name"], r["id"]) in done for s in settings for r in shard))
-        with open(samples, "a") as log:
-            for s in settings:
-                run_setting(net, tok, shard, s, args, done, log, bar)
-        bar.close()
-        mine = [done[(s["name"], r["id"])] for s in settings for r in shard]
-        if world > 1:
-            gathered = [None] * world if rank == 0 else None
-            dist.gather_object(mine, gathered, dst=0)
-            mine = [row for part in gathered for row in part] if rank == 0 else []
-        rows += [summarize([r for r in mine if r["setting"] == s["name"]], args.task, name, s, len(records))
-                 for s in settings]
-        for s in settings:
-            correct[(path, method)][s["name"]] = {r["id"]: r["correct"] for r in mine if r["setting"] == s["name"]}
-        header = header or {"device": device_name, "dtype": str(dtype).replace("torch.", ""), "family": family,
-                            "batch_size": args.batch_size, "gen_length": base["gen_length"],
-                            "block_length": base["block_length"], "metric": tasks.BENCHMARKS[args.task]["metric"],
-                            "data_sha256": info["sha256"], "world_size": world, "command": " ".join(sys.argv),
-                            "knobs": {}}
-        if method == args.method:  # the method's own knobs, printed with the results
-            header["knobs"] = {k: base[k] for k in (*METHOD_KNOBS.get(method, ()),
-                                                    *(ELASTIC_LAYOUT if method == "elastic" else ()),
-                                                    *(("alpha_scale",) if method == "rcd" and base["alpha_scale"] != 1 else ()),
-                                                    *(("rcd_source",) if method == "rcd" and base["rcd_source"] != "self" else ()))}
-    if world > 1:
-        dist.destroy_process_group()
-        if rank != 0:
-            return
-    header["model"] = args.model
-    print(f"\n{'model':18} {'method':12} {'setting':18} {'n':>5} {'accuracy':>9} {'nfe':>7} {'tokens':>7} "
-          f"{'tok/fwd':>8} {'ms/fwd':>7} {'seconds':>8}")
-    for r in rows:
-        print(f"{r['model'][:18]:18} {r['method']:12} {r['setting']:18} {r['n']:5d} {r['accuracy']:8.1f}% {r['nfe']:7.1f} "
-              f"{r['tokens']:7.1f} {r['tokens_per_forward']:8.2f} {r['ms_per_forward']:7.1f} {r['seconds']:8.1f}")
-    print(f"({header['metric']}; {header['family']} on {header['device']}, {header['dtype']}, batch {args.batch_size}, "
-          f"gen {header['gen_length']}, block {header['block_length']}"
-          + "".join(f", {k} {v}" for k, v in header["knobs"].items()) + ")")
-    for r in rows:
-        if "alpha_mean" in r:
-            print(f"{r['model']} {r['setting']}: mean residual weight alpha {r['alpha_mean']:.4f} (over the masked "
-                  "positions RCD computed; each batch's mean, averaged over the problems)")
-    if len(runs) == 2:  # the method against its counterpart, problem by problem
-        (base_run, base_correct), (_, new_correct) = correct.items()
-        for r in rows[len(rows) // 2:]:
-            r["vs_counterpart"] = c = paired(base_correct[r["setting"]], new_correct[r["setting"]])
-            print(f"{r['method']} - {base_run[1]} at {r['setting']}: {c['delta']:+.1f} +- {c['ci95']:.1f} points (95 %, "
-                  f"paired over {c['n']} problems; right only with {r['method']}: {c['only_method']}, "
-                  f"only with {base_run[1]}: {c['only_counterpart']})")
-    if args.plot or (len(runs) > 1 and len(rows) > 2):
-        plot(rows, args.plot or os.path.join("runs", f"{args.task}-{args.method}.png"))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({**header, "rows": rows}, f, indent=2)
-    print(json.dumps({**header, "rows": rows}))
+
+def main():
+    args = check_args(parse_args())
+    runs = plan(args)
+    result = run(args, runs)
+    if result is not None:
+        report(args, runs, *result)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ No official code is public; where the paper leaves a choice open, the reading be
         and every kept token keeps its original RoPE position (dropped positions simply are not fed).
         `elastic_feed` builds that column set for decode.generate's `feed=`: plain, threshold and Fast-dLLM
         cached decoding all run unchanged on it (the prefix/dual caches cache the compressed layout).
-  terminal anchor (Sec. 4.3, block models: SDAR here, LLaDA2.0-mini in the paper)   one [MASK] at the last
+  terminal anchor (Sec. 4.3, block models: the paper's LLaDA2.0-mini, and SDAR)   one [MASK] at the last
         position of the planned window, visible to the sequence but seeing only itself ("main-only-sees"),
         never decoded: `TerminalAnchor`, a `forward=` hook for decode.block_generate.
   folding (Sec. 4.2)   generation longer than the model's input budget: the active set also keeps only

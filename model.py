@@ -1,15 +1,18 @@
 """
-The transformer behind LLaDA and SDAR, written from scratch in one file, and a loader for their official
-safetensors checkpoints (a local folder or a Hugging Face repo id).
+The transformer behind LLaDA and SDAR (and LLaDA2.0, whose mixture of experts is in moe.py), written from
+scratch in one file, and a loader for their official safetensors checkpoints (a local folder or a Hugging
+Face repo id).
 
-Both families are a Llama-style pre-norm stack (RMSNorm -> attention -> RMSNorm -> SwiGLU MLP) used as a
-*mask predictor*: the logits at position i predict the token at position i (no shift). They differ in
-a handful of switches, which live in `Config`:
+All three are a Llama-style pre-norm stack (RMSNorm -> attention -> RMSNorm -> SwiGLU MLP, or in LLaDA2.0
+a mixture of SwiGLU experts) used as a *mask predictor*: the logits at position i predict the token at
+position i (no shift). They differ in a handful of switches, which live in `Config`:
 
   family  attention                                  layout                      numerics
   llada   bidirectional (+ key padding for batches)  MHA, no QK-norm, untied     q/k rotated in fp32
   sdar    block-causal, blocks aligned to pos 0      Qwen3: GQA, q/k RMSNorm      rotation in the activation
                                                      before RoPE, head_dim free   dtype; norm gain in fp32
+  llada2  block-causal, blocks aligned to pos 0      Ling-2.0: as sdar, RoPE on   as sdar, but the norm gain
+          (LLaDA2.0-mini, its MoE in moe.py)         half of each head, MoE MLPs  in the activation dtype
 
 Mirrors: LLaDA's `modeling_llada.py` (GSAI-ML/LLaDA-8B-Instruct; the Oct-2025 revision for
 `attention_mask`), JetAstra/SDAR `training/model/SDAR-4B-Chat/modeling_sdar.py` (Qwen3 + block-causal
@@ -25,6 +28,7 @@ How it differs from those files:
   - padding is a boolean key mask instead of an additive finfo.min bias: same softmax weights.
 """
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, replace
@@ -39,7 +43,7 @@ import torch.nn.functional as F
 
 @dataclass
 class Config:
-    family: str = "llada"            # "llada" (bidirectional) or "sdar" (block-causal Qwen3 layout)
+    family: str = "llada"            # "llada" (bidirectional), "sdar" (block-causal Qwen3 layout), "llada2"
     vocab_size: int = 126464         # rows of the embedding matrix (the padded vocabulary)
     n_embd: int = 4096
     n_layer: int = 32
@@ -58,6 +62,24 @@ class Config:
     mask_token_id: int = 126336
     eos_token_id: int = 126081
     stop_ids: tuple = (126081, 126348)  # ids that end an answer (LLaDA: EOS, <|eot_id|>)
+    rope_dim: int | None = None      # LLaDA2.0: RoPE on the first rope_dim dims of each head only; None = all
+    moe: "MoEConfig | None" = None   # LLaDA2.0: its mixture-of-experts MLPs (moe.py); None = dense MLPs
+
+
+@dataclass
+class MoEConfig:
+    """LLaDA2.0's MLPs from layer `first_dense` on (moe.py): `n_experts` SwiGLU experts of width
+    `intermediate_size`, `top_k` per token chosen within the best `topk_group` of `n_group` expert groups,
+    plus `n_shared` always-on experts. Names in config.json: num_experts, num_experts_per_tok, n_group,
+    topk_group, routed_scaling_factor, moe_intermediate_size, num_shared_experts, first_k_dense_replace."""
+    n_experts: int = 256
+    top_k: int = 8
+    n_group: int = 8
+    topk_group: int = 4
+    routed_scaling_factor: float = 2.5
+    intermediate_size: int = 512
+    n_shared: int = 1
+    first_dense: int = 1
 
 
 SDAR = Config(family="sdar", vocab_size=151936, n_embd=4096, n_layer=36, n_head=32, n_kv_head=8, rope_theta=1e6,
@@ -66,6 +88,11 @@ SDAR = Config(family="sdar", vocab_size=151936, n_embd=4096, n_layer=36, n_head=
 PRESETS = {  # the real checkpoints' shapes (models.md 1.1, 2.1); handy for benchmarks and shrinking into tests
     "llada-8b": Config(), "sdar-8b": SDAR, "sdar-4b": replace(SDAR, n_embd=2560, intermediate_size=9728),
     "sdar-1.7b": replace(SDAR, n_embd=2048, n_layer=28, n_head=16, intermediate_size=6144),
+    # LLaDA2.0-mini (models.md 5): 16B parameters, 1.4B active; build it with moe.build, not Transformer
+    "llada2-mini": Config(family="llada2", vocab_size=157184, n_embd=2048, n_layer=20, n_head=16, n_kv_head=4,
+                          intermediate_size=5120, rope_theta=600000.0, max_seq_len=32768, norm_eps=1e-6,
+                          qk_norm=True, rope_fp32=False, block_size=32, mask_token_id=156895,
+                          eos_token_id=156892, stop_ids=(156892,), rope_dim=64, moe=MoEConfig()),
 }
 
 # -----------------------------------------------------------------------------
@@ -91,7 +118,10 @@ def rope_table(n, head_dim, theta):
 
 
 def apply_rope(x, cos, sin, fp32):
-    # x: (B, H, T, D); cos/sin: (B, 1, T, D) in fp32 (run_layers passes them in x's dtype when not fp32)
+    # x: (B, H, T, D); cos/sin: (B, 1, T, R) in fp32 (run_layers passes them in x's dtype when not fp32)
+    R = cos.shape[-1]
+    if R < x.shape[-1]:  # partial rotary (LLaDA2.0): only the first R dims of a head rotate (rotate-half)
+        return torch.cat([apply_rope(x[..., :R], cos, sin, fp32), x[..., R:]], dim=-1)
     dtype = x.dtype
     if fp32:
         x = x.float()                                    # LLaDA: rotate in fp32, cast back after
@@ -256,7 +286,9 @@ class Transformer(nn.Module):
         need = int(position_ids.max()) + 1
         if len(cos) < need or cos.device != position_ids.device:
             n = max(need, self.config.max_seq_len)
-            cos, sin = (t.to(position_ids.device) for t in rope_table(n, self.config.head_dim, self.config.rope_theta))
+            cfg = self.config
+            cos, sin = (t.to(position_ids.device) for t in
+                        rope_table(n, cfg.rope_dim or cfg.head_dim, cfg.rope_theta))
             self._rope = (cos, sin)
         return cos[position_ids][:, None], sin[position_ids][:, None]  # (B, 1, T, D)
 
@@ -293,12 +325,70 @@ LLADA_FIXED = {"block_type": "llama", "layer_norm_type": "rms", "activation_type
                "bias_for_layer_norm": False}  # what LLaDA-8B uses; anything else we refuse rather than misread
 
 
+# config.json fields checked before use, named as in the file (both families' names)
+SIZE_FIELDS = ("d_model", "n_heads", "n_kv_heads", "n_layers", "mlp_hidden_size", "mlp_ratio", "vocab_size",
+               "embedding_size", "max_sequence_length", "hidden_size", "num_attention_heads",
+               "num_key_value_heads", "num_hidden_layers", "head_dim", "intermediate_size",
+               "max_position_embeddings", "block_size")
+ID_FIELDS = ("mask_token_id", "eos_token_id", "pad_token_id", "eot_token_id")
+FLAG_FIELDS = ("weight_tying", "tie_word_embeddings", "rope_full_precision")
+
+
+def is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_fields(hf, where):
+    """Refuse, in one line naming the field, what would otherwise break later or be misread."""
+    if not isinstance(hf, dict):
+        raise ValueError(f"{where}: expected a JSON object, got a {type(hf).__name__}")
+    for key in SIZE_FIELDS:
+        if hf.get(key) is not None and not (is_int(hf[key]) and hf[key] > 0):
+            raise ValueError(f"{where}: {key} must be a positive integer, got {hf[key]!r}")
+    for key in ("rope_theta", "rms_norm_eps"):
+        v = hf.get(key)
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if v is not None and not (number and 0 < v < math.inf):
+            raise ValueError(f"{where}: {key} must be a positive number, got {v!r}")
+    for key in ID_FIELDS:
+        v = hf.get(key)
+        if v is not None and not all(is_int(i) and i >= 0 for i in (v if isinstance(v, list) else [v])):
+            raise ValueError(f"{where}: {key} must be a token id (an integer >= 0) or a list of them, "
+                             f"got {v!r}")
+    for key in FLAG_FIELDS:
+        if hf.get(key) is not None and not isinstance(hf[key], bool):
+            raise ValueError(f"{where}: {key} must be true or false, got {hf[key]!r}")
+
+
+def check_shape(cfg, hf, where):
+    """Head counts that divide, and special ids inside the vocabulary (names as in config.json)."""
+    llada = cfg.family == "llada"
+    heads, kv, hidden = (("n_heads", "n_kv_heads", "d_model") if llada else
+                         ("num_attention_heads", "num_key_value_heads", "hidden_size"))
+    if (llada or not hf.get("head_dim")) and cfg.n_embd % cfg.n_head:
+        raise ValueError(f"{where}: {heads} {cfg.n_head} does not divide {hidden} {cfg.n_embd}")
+    if cfg.n_head % cfg.n_kv_head:
+        raise ValueError(f"{where}: {kv} {cfg.n_kv_head} does not divide {heads} {cfg.n_head}")
+    vocab = "embedding_size" if llada and hf.get("embedding_size") else "vocab_size"
+    eos = hf.get("eos_token_id")
+    given = [("mask_token_id", cfg.mask_token_id), ("eos_token_id", cfg.eos_token_id),
+             *(("eos_token_id", i) for i in (eos if isinstance(eos, list) else []))]
+    if cfg.family == "llada2" and "mask_token_id" not in hf:  # LLaDA2.0 names no mask id: generate is given
+        given = given[1:]                                       # one (its default belongs to the real vocab)
+    for name, i in given:  # (other stop ids are only compared with, never embedded: harmless)
+        if not 0 <= i < cfg.vocab_size:
+            raise ValueError(f"{where}: {name} {i} is outside the vocabulary ({vocab} {cfg.vocab_size})")
+
+
 def config_from_hf(hf, where="config.json", stop_ids=()):
     """Config from an official config.json (stop_ids: generation_config.json's eos ids, if any)."""
+    check_fields(hf, where)
     try:
-        return _config_from_hf(hf, where, stop_ids)
+        cfg = _config_from_hf(hf, where, stop_ids)
     except KeyError as e:
         raise ValueError(f"{where}: missing field {e}") from None
+    check_shape(cfg, hf, where)
+    return cfg
 
 
 def _config_from_hf(hf, where, stop_ids):
@@ -332,7 +422,44 @@ def _config_from_hf(hf, where, stop_ids):
                       tie_embeddings=bool(hf.get("tie_word_embeddings", False)), qk_norm=True, rope_fp32=False,
                       norm_gain_fp32=True, block_size=hf.get("block_size", 4),
                       mask_token_id=hf.get("mask_token_id", 151669), eos_token_id=stop[0], stop_ids=stop)
-    raise ValueError(f"{where}: unknown model_type {kind!r} (expected 'llada' or 'sdar')")
+    if kind == "llada2_moe":
+        return llada2_config(hf, where, [s for s in stop if s is not None])
+    raise ValueError(f"{where}: unknown model_type {kind!r} (expected 'llada', 'sdar' or 'llada2_moe')")
+
+
+def llada2_config(hf, where, stop):
+    """LLaDA2.0's config.json. A missing field takes the official config class's default; the file names no
+    mask id (generate's default, 156895, unless the file has mask_token_id) and names its EOS only as
+    pad_token_id. No block size either: plain calls use the card's 32 (generation passes its own)."""
+    for key, want in (("rope_scaling", None), ("use_qkv_bias", False), ("score_function", "sigmoid")):
+        if hf.get(key, want) != want:
+            raise ValueError(f"{where}: LLaDA2.0 setting {key}={hf[key]!r} is not supported (need {want!r})")
+    d, nh = hf["hidden_size"], hf["num_attention_heads"]
+    hd = hf.get("head_dim") or d // nh
+    moe = MoEConfig(hf.get("num_experts", 16), hf.get("num_experts_per_tok", 2), hf.get("n_group", 8),
+                    hf.get("topk_group", 4), hf.get("routed_scaling_factor", 2.5),
+                    hf["moe_intermediate_size"], hf.get("num_shared_experts") or 0,
+                    hf.get("first_k_dense_replace", 0))
+    E, G = moe.n_experts, moe.n_group
+    per_group = E // G if G and E % G == 0 else 0
+    if per_group < 2 or not 0 < moe.topk_group <= G or not 0 < moe.top_k <= moe.topk_group * per_group:
+        raise ValueError(f"{where}: num_experts {E}, n_group {G}, topk_group {moe.topk_group}, "
+                         f"num_experts_per_tok {moe.top_k}: need groups of >= 2 experts and "
+                         "num_experts_per_tok <= topk_group * experts per group")
+    rope_dim = int(hd * hf.get("partial_rotary_factor", 0.5))
+    if rope_dim % 2 or not 0 < rope_dim <= hd:
+        raise ValueError(f"{where}: partial_rotary_factor {hf['partial_rotary_factor']} gives {rope_dim} "
+                         f"rotated dims of {hd}: need an even number > 0")
+    eos = stop[0] if stop else hf.get("pad_token_id", 156892)
+    dense = hf["intermediate_size"] if moe.first_dense else hf.get("intermediate_size") or 0
+    return Config(family="llada2", vocab_size=hf["vocab_size"], n_embd=d, n_layer=hf["num_hidden_layers"],
+                  n_head=nh, n_kv_head=hf.get("num_key_value_heads") or nh, head_dim=hd,
+                  intermediate_size=dense, rope_theta=hf.get("rope_theta", 10000.0),
+                  max_seq_len=hf.get("max_position_embeddings", 16384),
+                  norm_eps=hf.get("rms_norm_eps", 1e-5), tie_embeddings=bool(hf.get("tie_word_embeddings")),
+                  qk_norm=bool(hf.get("use_qk_norm", True)), rope_fp32=False,
+                  block_size=hf.get("block_size", 32), mask_token_id=hf.get("mask_token_id", 156895),
+                  eos_token_id=eos, stop_ids=tuple(stop) or (eos,), rope_dim=rope_dim, moe=moe)
 
 
 def config_to_hf(cfg):
@@ -378,7 +505,25 @@ SDAR_KEYS = {
     "model.norm.weight": "norm.weight",
     "lm_head.weight": "lm_head.weight",
 }
-KEY_MAPS = {"llada": LLADA_KEYS, "sdar": SDAR_KEYS}
+SWIGLU = ("gate_proj", "up_proj", "down_proj")
+# LLaDA2.0 (Ling-2.0 names). The fused q/k/v matrix and each expert's tensors load under names of their own;
+# moe.assemble then splits q/k/v and stacks the experts. Dense layers (mlp.*_proj) and MoE layers (mlp.gate,
+# mlp.experts, mlp.shared_experts) share the mlp prefix.
+LLADA2_KEYS = {
+    "model.word_embeddings.weight": "embed_tokens.weight",
+    **{f"model.layers.{{}}.{n}.weight": f"layers.{{}}.{n}.weight"
+       for n in ("input_layernorm", "post_attention_layernorm", *(f"mlp.{p}" for p in SWIGLU),
+                 *(f"mlp.shared_experts.{p}" for p in SWIGLU), "mlp.gate")},
+    "model.layers.{}.attention.query_key_value.weight": "layers.{}.self_attn.query_key_value.weight",
+    "model.layers.{}.attention.query_layernorm.weight": "layers.{}.self_attn.q_norm.weight",
+    "model.layers.{}.attention.key_layernorm.weight": "layers.{}.self_attn.k_norm.weight",
+    "model.layers.{}.attention.dense.weight": "layers.{}.self_attn.o_proj.weight",
+    "model.layers.{}.mlp.gate.expert_bias": "layers.{}.mlp.gate.expert_bias",
+    **{f"model.layers.{{}}.mlp.experts.{{}}.{p}.weight": f"layers.{{}}.mlp.experts.{{}}.{p}" for p in SWIGLU},
+    "model.norm.weight": "norm.weight",
+    "lm_head.weight": "lm_head.weight",
+}
+KEY_MAPS = {"llada": LLADA_KEYS, "sdar": SDAR_KEYS, "llada2": LLADA2_KEYS}
 
 
 def rename(key, table):
@@ -389,15 +534,45 @@ def rename(key, table):
             return dst.format(*m.groups())
     return None
 
+def official_name(ours, table):
+    """The inverse of rename: our name -> the checkpoint's key (for messages about missing keys)."""
+    for src, dst in table.items():
+        m = re.fullmatch(re.escape(dst).replace(r"\{\}", r"(\d+)"), ours)
+        if m:
+            return src.format(*m.groups())
+    return ours
+
 # -----------------------------------------------------------------------------
 # Loading and saving
 
 
+REPO = os.path.dirname(os.path.abspath(__file__))
+EMBEDDED = os.path.join(REPO, "models")  # the committed embedded models
+
+
+def inside(path, folder):
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path != folder and os.path.commonpath([path, folder]) == folder
+
+
 def resolve(name_or_path):
-    """A local folder, or a Hugging Face repo id fetched (or found in the cache when offline)."""
-    if os.path.isdir(name_or_path):
-        return name_or_path
-    if os.path.exists(name_or_path) or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
+    """A local folder, or a Hugging Face repo id fetched (or found in the cache when offline). A path that
+    cannot be a repo id, or whose first folder exists here (`models/nope`), is a typo, not a download."""
+    path = os.path.expanduser(name_or_path)
+    if os.path.isdir(path):
+        return path
+    if inside(path, EMBEDDED):
+        name = os.path.relpath(os.path.realpath(path), os.path.realpath(EMBEDDED))
+        made = {"tiny-llada": "train.py --family llada",
+                "tiny-sdar": "train.py --family sdar --block-size 32"}
+        how = f"`python {made[name]} --out models/{name}`" if name in made else "the command README.md gives"
+        have = ", ".join(sorted(os.listdir(EMBEDDED))) if os.path.isdir(EMBEDDED) else ""
+        raise FileNotFoundError(f"{name_or_path}: no such folder; the embedded models are committed: restore "
+                                f"it with `git checkout -- models/{name}`, or make it with {how} "
+                                f"(models/ holds: {have or 'nothing'})")
+    first = path.split("/")[0]
+    if (os.path.exists(path) or path.startswith((".", "/")) or os.path.isdir(first)
+            or not re.fullmatch(r"[\w.-]+/[\w.-]+", path)):
         raise FileNotFoundError(f"{name_or_path}: no such folder (and not a Hugging Face repo id 'owner/name')")
     from huggingface_hub import snapshot_download
     patterns = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
@@ -429,8 +604,14 @@ def checkpoint_files(folder):
     from safetensors import safe_open
     index = os.path.join(folder, "model.safetensors.index.json")
     if os.path.isfile(index):
-        with open(index) as f:
-            weight_map = json.load(f)["weight_map"]
+        data = read_json(index)
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ValueError(f"{index}: no weight_map (an object of tensor name -> shard file)")
+        for key, shard in weight_map.items():  # lexically inside the folder (hub snapshots are symlinks)
+            if not isinstance(shard, str) or os.path.isabs(shard) or ".." in re.split(r"[/\\]", shard):
+                raise ValueError(f"{index}: weight_map entry {key!r} -> {shard!r} is not a file in the "
+                                 "folder")
         shards = {s: os.path.join(folder, s) for s in set(weight_map.values())}
     elif os.path.isfile(os.path.join(folder, "model.safetensors")):
         shards, weight_map = {"model.safetensors": os.path.join(folder, "model.safetensors")}, None
@@ -452,6 +633,12 @@ def checkpoint_files(folder):
     return where
 
 
+def finite(t):
+    """No NaN or inf in t: min and max propagate NaN, so two reductions (no full-size temporary) and one
+    host sync per tensor, at load time only."""
+    return t.numel() == 0 or bool(torch.isfinite(torch.stack(torch.aminmax(t))).all())
+
+
 def read_state(where, table, want, device, dtype, what):
     """{our name: tensor} for the checkpoint keys in `where` ({key: file}), through a key table: every name in
     `want` ({name: shape}) must arrive with its shape, and no key may be left unmapped."""
@@ -460,16 +647,23 @@ def read_state(where, table, want, device, dtype, what):
     unknown = sorted(k for k, v in ours.items() if v not in want)
     missing = sorted(set(want) - set(ours.values()))
     if unknown or missing:
+        missing = [official_name(k, table) for k in missing]  # named as the checkpoint would name them
         raise KeyError(f"{what}: unknown keys {unknown[:4]}{'...' if len(unknown) > 4 else ''}, "
                        f"missing keys {missing[:4]}{'...' if len(missing) > 4 else ''}")
     state = {}
     for path in sorted(set(where.values())):
         with safe_open(path, "pt") as f:
             for key in (k for k in f.keys() if k in ours):
-                shape = tuple(f.get_slice(key).get_shape())
+                shape, stored = tuple(f.get_slice(key).get_shape()), f.get_slice(key).get_dtype()
                 if shape != tuple(want[ours[key]]):
                     raise ValueError(f"{path}: {key} has shape {list(shape)}, expected {list(want[ours[key]])}")
-                state[ours[key]] = f.get_tensor(key).to(device=device, dtype=dtype)
+                if not stored.startswith(("F", "BF")):  # an integer or bool tensor is no weight
+                    raise ValueError(f"{path}: {key} holds {stored} values; weights must be floating point")
+                t = f.get_tensor(key)
+                state[ours[key]] = t.to(device=device, dtype=dtype)
+                if not finite(state[ours[key]]):  # a NaN / inf weight poisons every output
+                    why = "holds NaN or inf" if not finite(t) else f"overflows {dtype}"
+                    raise ValueError(f"{path}: {key} {why}")
     return state
 
 
@@ -484,13 +678,17 @@ def default_dtype(where, device):
 
 
 def from_pretrained(name_or_path, device=None, dtype=None, skip=()):
-    """Load an official LLaDA or SDAR checkpoint (folder or repo id). Default device: CUDA if available;
-    default dtype: the checkpoint's on CUDA, float32 on CPU. Every expected key must be present with the
-    right shape and nothing may be left over. The model is built on the meta device and the tensors are
-    assigned one at a time (safetensors maps the files copy-on-write), so no second copy is ever made.
-    skip: key prefixes a caller loads itself (mrp.py: the `mrp_modules.` of an MRP checkpoint)."""
+    """Load an official LLaDA, SDAR or LLaDA2.0 checkpoint (folder or repo id). Default device: CUDA if
+    available; default dtype: the checkpoint's on CUDA, float32 on CPU. Every expected key must be present
+    with the right shape and nothing may be left over. The model is built on the meta device and the tensors
+    are assigned one at a time (safetensors maps the files copy-on-write), so no second copy is ever made
+    (but of LLaDA2.0's experts, which are stacked). skip: key prefixes a caller loads itself (mrp.py: the
+    `mrp_modules.` of an MRP checkpoint)."""
     folder = resolve(name_or_path)
-    gen = read_json(os.path.join(folder, "generation_config.json"), required=False).get("eos_token_id", [])
+    gen_path = os.path.join(folder, "generation_config.json")
+    gen = read_json(gen_path, required=False)
+    check_fields({"eos_token_id": gen.get("eos_token_id")} if isinstance(gen, dict) else gen, gen_path)
+    gen = gen.get("eos_token_id") or []
     cfg = config_from_hf(read_json(os.path.join(folder, "config.json")), os.path.join(folder, "config.json"),
                          gen if isinstance(gen, list) else [gen])
     where = {k: v for k, v in checkpoint_files(folder).items() if not k.startswith(tuple(skip))}
@@ -500,9 +698,12 @@ def from_pretrained(name_or_path, device=None, dtype=None, skip=()):
         cfg.tie_embeddings = True
     if cfg.tie_embeddings:  # a tied head *is* the embedding; a saved copy is ignored, as Hugging Face does
         where = {k: v for k, v in where.items() if rename(k, KEY_MAPS[cfg.family]) != "lm_head.weight"}
+    if cfg.moe:  # LLaDA2.0: the Transformer with MoE MLPs; its checkpoint stores some tensors differently
+        import moe
     with torch.device("meta"):
-        model = Transformer(cfg)
+        model = moe.build(cfg) if cfg.moe else Transformer(cfg)
     want = {k: v.shape for k, v in model.state_dict().items() if not (cfg.tie_embeddings and k == "lm_head.weight")}
+    want = moe.stored_shapes(cfg, want) if cfg.moe else want
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dtype is None:
         dtype = default_dtype(where, device)
@@ -510,6 +711,7 @@ def from_pretrained(name_or_path, device=None, dtype=None, skip=()):
               f"({'the checkpoint dtype' if device.type == 'cuda' else 'float32 on the CPU'})")
     state = read_state(where, KEY_MAPS[cfg.family], want, device, dtype,
                        f"{folder}: not a {cfg.family} checkpoint of this config")
+    state = moe.assemble(cfg, state) if cfg.moe else state
     if cfg.tie_embeddings:
         state["lm_head.weight"] = state["embed_tokens.weight"]
     model.load_state_dict(state, strict=True, assign=True)
@@ -520,6 +722,8 @@ def from_pretrained(name_or_path, device=None, dtype=None, skip=()):
 
 def official_state(model):
     """{official key: tensor} for our model, through the inverse of its family's key map."""
+    if model.config.moe:
+        raise NotImplementedError("saving LLaDA2.0 (split q/k/v, stacked experts) is not implemented")
     inverse = {v: k for k, v in KEY_MAPS[model.config.family].items()}
     state = {}
     for name, t in model.state_dict().items():
@@ -530,10 +734,52 @@ def official_state(model):
     return state
 
 
+def checkpoint_names(folder):
+    """The weight files a folder holds now: model.safetensors, its index, and the shards (by the official
+    naming pattern and by what the index names)."""
+    if not os.path.isdir(folder):
+        return set()
+    names = {n for n in os.listdir(folder) if n in ("model.safetensors", "model.safetensors.index.json")
+             or re.fullmatch(r"model-\d+-of-\d+\.safetensors", n)}
+    try:
+        index = read_json(os.path.join(folder, "model.safetensors.index.json"), required=False)
+        weight_map = index["weight_map"]
+        names |= {n for n in weight_map.values() if isinstance(n, str) and "/" not in n and "\\" not in n
+                  and n not in ("", ".", "..") and os.path.isfile(os.path.join(folder, n))}
+    except (KeyError, TypeError, ValueError):  # no index, or one loading would refuse anyway
+        pass
+    return names
+
+
+def check_out_folder(out, overwrite=False, inputs=(), flag="--out"):
+    """Refuse, in one line and before anything is written, to write a checkpoint into `out` when it holds
+    something already: a model (another one, or a committed embedded model under models/) or any other
+    files, unless `overwrite` (an explicit --overwrite). inputs: (flag, path) pairs the command reads
+    (--base, --reference, ...): writing over one of those is refused even with --overwrite."""
+    for name, path in inputs:
+        if path and os.path.isdir(path) and os.path.realpath(path) == os.path.realpath(out):
+            raise SystemExit(f"{flag} {out} is also {name}: the run would write over its own input; "
+                             f"choose another {flag}")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise SystemExit(f"{flag} {out}: is a file, not a folder")
+    if overwrite or not os.path.isdir(out) or not os.listdir(out):
+        return
+    try:
+        kind = read_json(os.path.join(out, "config.json"), required=False).get("model_type")
+    except (ValueError, AttributeError):
+        kind = None
+    what = (f"holds a {kind} model" if kind else f"is not empty ({len(os.listdir(out))} files)") + \
+        (", one of the committed embedded models" if inside(out, EMBEDDED) else "")
+    raise SystemExit(f"{flag} {out}: {what}; pass --overwrite to replace it, or choose another {flag} "
+                     f"(e.g. under runs/)")
+
+
 def save_pretrained(model, folder, max_shard_bytes=None, extra_tensors=None, extra_config=None):
     """Write config.json and model.safetensors (or shards + index) in the official format and key names,
     plus any extra tensors and config fields (an MRP head). Each file is written to a temporary name and
-    renamed, so an interrupted save never leaves a torn file."""
+    renamed, so an interrupted save never leaves a torn file; weight files of an earlier save that no
+    longer belong (a sharded checkpoint replaced by one file, or by fewer shards) are removed after the
+    new ones are in place, the old index first, so loading never reads a stale shard."""
     from safetensors.torch import save_file
     state = {**official_state(model), **(extra_tensors or {})}
     shards = [[]]
@@ -542,12 +788,19 @@ def save_pretrained(model, folder, max_shard_bytes=None, extra_tensors=None, ext
         if max_shard_bytes and shards[-1] and size + state[key].nbytes > max_shard_bytes:
             shards.append([])
         shards[-1].append(key)
+    stale = checkpoint_names(folder)
     os.makedirs(folder, exist_ok=True)
 
     def write(name, fn):
         tmp = os.path.join(folder, name + ".tmp")
         fn(tmp)
         os.replace(tmp, os.path.join(folder, name))
+
+    def dump(obj):
+        def fn(p):
+            with open(p, "w") as f:
+                json.dump(obj, f, indent=2)
+        return fn
     names = ["model.safetensors"] if len(shards) == 1 else \
         [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     for name, keys in zip(names, shards):
@@ -555,8 +808,11 @@ def save_pretrained(model, folder, max_shard_bytes=None, extra_tensors=None, ext
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(t.nbytes for t in state.values())},
                  "weight_map": {k: n for n, keys in zip(names, shards) for k in keys}}
-        write("model.safetensors.index.json", lambda p: json.dump(index, open(p, "w"), indent=2))
-    write("config.json", lambda p: json.dump({**config_to_hf(model.config), **(extra_config or {})}, open(p, "w"), indent=2))
+        write("model.safetensors.index.json", dump(index))
+        names.append("model.safetensors.index.json")
+    write("config.json", dump({**config_to_hf(model.config), **(extra_config or {})}))
+    for name in sorted(stale - set(names), key=lambda n: not n.endswith(".index.json")):  # the index first
+        os.remove(os.path.join(folder, name))
 
 
 if __name__ == "__main__":
@@ -567,7 +823,10 @@ if __name__ == "__main__":
     ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                     help="default: the checkpoint's dtype on CUDA, float32 on CPU")
     args = ap.parse_args()
-    m = from_pretrained(args.model, args.device, getattr(torch, args.dtype) if args.dtype else None)
+    try:  # a bad checkpoint is one line naming the file and the field or tensor
+        m = from_pretrained(args.model, args.device, getattr(torch, args.dtype) if args.dtype else None)
+    except (KeyError, ValueError, OSError) as e:
+        raise SystemExit(str(e.args[0] if e.args else e)) from None
     n = sum(p.numel() for p in m.parameters())
     ids = torch.tensor([[m.config.mask_token_id] * 8], device=m.lm_head.weight.device)
     with torch.no_grad():

@@ -190,7 +190,7 @@ def static_pick(st, state, logits, lo, hi):
 
 def count_step(st, lo, hi):
     st.stats["nfe"] += 1
-    st.nfe_rows += masks_left(st, lo, hi).cpu()
+    st.nfe_rows += masks_left(st, lo, hi)
 
 
 def denoise_direct(run):

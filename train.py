@@ -3,13 +3,17 @@ Train the small embedded models from scratch, on a laptop CPU, in the official L
 the checkpoints in models/ come from these commands and load through model.from_pretrained like the real
 ones (config.json + model.safetensors with the official key names, tokenizer.json + tokenizer_config.json).
 
-  python train.py --family llada --out models/tiny-llada
-  python train.py --family sdar  --out models/tiny-sdar --block-size 32
+  python train.py --family llada --out runs/tiny-llada
+  python train.py --family sdar  --out runs/tiny-sdar --block-size 32
+  (models/tiny-llada and models/tiny-sdar were made by these commands; writing over a committed model, or
+  any folder that holds something other than this very run, needs --overwrite.)
   (The embedded SDAR model uses blocks of 32, not SDAR's usual 4: the answer then lies mostly in one block
   that holds three to four lines of the working, so committing many of its tokens in one step has to guess
   across dependencies. Measured: with blocks of 8 the model wrote a whole block in one step without loss,
   with blocks of 16 it lost 4 points at 16 tokens per step; with 32 it loses 26 points at 4 per step.)
-  (Ctrl-C any time; the same command resumes from <out>/train_state.pt. --fresh starts over.)
+  (Ctrl-C any time; the same command resumes from <out>/train_state.pt - for a folder under models/, from
+  runs/state/<name>/, so an interrupted run leaves nothing there. --fresh starts over. A resume with other
+  settings (seed, learning rate, steps, batch, data, model shape) is refused, not carried on.)
 
 Data: the built-in task (tasks.py): grade-school word problems, a step-by-step solution, '#### answer'.
 Vocabulary: a byte-level BPE trained on the task's text with tiktoken, digits kept as single tokens (so
@@ -32,11 +36,13 @@ left-padded prompts (RoPE only sees relative positions, and pads are hidden keys
 """
 import argparse
 import contextlib
+import hashlib
 import json
 import math
 import os
 import random
 import shutil
+import sys
 import time
 
 import torch
@@ -141,7 +147,7 @@ def write_tokenizer(folder, family, seed=0, n_problems=3000, bpe_size=512):
 
 def encode(tok, question, solution, family):
     """(prompt ids, answer ids) with the family's chat template and end-of-turn token."""
-    prompt = tok.encode(tok.apply_chat_template([{"role": "user", "content": question}]))
+    prompt = tok.encode_chat([{"role": "user", "content": question}])  # content's special text stays text
     end = tok.special_ids["<|eot_id|>" if family == "llada" else "<|im_end|>"]
     return prompt, tok.encode(solution) + [end]
 
@@ -335,9 +341,104 @@ def load_state(folder, net, opt):
         state = {"model": model_sd, "optim": optim_sd, "step": 0}
         dcp.load(state, checkpoint_id=path)
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torn, truncated or not ours: say so instead of a traceback
+            raise SystemExit(f"{path}: cannot resume from it ({type(e).__name__}); rerun with --fresh to "
+                             "start over") from None
     set_state_dict(unwrapped(net), opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
     return state["step"]
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                   "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json")
+
+
+def state_dir(out):
+    """Where a run keeps train_state.pt and run.json (its settings): --out itself, except for a folder of the
+    committed embedded models (models/), whose run lives in runs/state/<name>: an interrupted run leaves
+    nothing there, and the folder changes only at the final export."""
+    if not M.inside(out, M.EMBEDDED):
+        return out
+    name = os.path.relpath(os.path.realpath(out), os.path.realpath(M.EMBEDDED))
+    return os.path.join(M.REPO, "runs", "state", name)
+
+
+def fingerprint(name_or_path):
+    """What identifies an input checkpoint for a resume: its config.json and the sizes of its weight files."""
+    folder = M.resolve(name_or_path)
+    with open(os.path.join(folder, "config.json"), "rb") as f:
+        config = hashlib.sha256(f.read()).hexdigest()[:16]
+    return [config, sorted((n, os.path.getsize(os.path.join(folder, n))) for n in M.checkpoint_names(folder))]
+
+
+def file_hash(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def claim_out(out, settings, overwrite=False, fresh=False, inputs=()):
+    """(state folder, resume?) for a run writing `out`, checked before anything is written or loaded (read
+    only: every rank may call it). The folder must be empty or missing, hold this very run (a run.json with
+    the same settings: resumed, or restarted with --fresh), or be given up with --overwrite; anything else,
+    including a run whose settings differ, is refused in one line. inputs: see M.check_out_folder."""
+    state = state_dir(out)
+    settings = json.loads(json.dumps(settings))  # as it reads back from run.json
+    M.check_out_folder(out, True, inputs)  # writing over an input is refused even with --overwrite
+    record = os.path.join(state, "run.json")
+    if os.path.isfile(record):
+        try:
+            old = M.read_json(record)
+        except ValueError:
+            old = {}
+        if old == settings:
+            return state, not fresh
+        if not overwrite:
+            diff = ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v)
+            diff = diff or "unreadable run.json"
+            raise SystemExit(f"--out {out}: holds a run with other settings ({diff}); "
+                             "rerun with those to resume it, or pass --overwrite to start this one over it")
+        return state, False
+    M.check_out_folder(out, overwrite)
+    if state != out:  # a run of a models/ folder left without its record: not ours to resume
+        M.check_out_folder(state, overwrite, flag="run state")
+    return state, False
+
+
+def begin_run(state, settings, resume):
+    """Rank 0, once every check has passed: a new run drops earlier train state and records its settings."""
+    if resume:
+        return
+    for name in ("train_state.pt", "train_state.pt.tmp", "run.json"):
+        path = os.path.join(state, name)
+        if os.path.isdir(path):  # FSDP's train state is a folder of shards
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+    os.makedirs(state, exist_ok=True)
+    with open(os.path.join(state, "run.json.tmp"), "w") as f:
+        json.dump(settings, f, indent=1)
+    os.replace(os.path.join(state, "run.json.tmp"), os.path.join(state, "run.json"))
+
+
+def or_exit(load, *args):
+    """A loader's call for a command line: bad input (its message names the file or field) is one line."""
+    try:
+        return load(*args)
+    except (KeyError, ValueError, OSError) as e:
+        raise SystemExit(str(e.args[0] if e.args else e)) from None
+
+
+def interrupted(main):
+    """Run a training CLI's main; Ctrl-C ends it with one line instead of a traceback."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("\ninterrupted; rerun the same command to resume", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def train(net, opt, steps, lr, warmup, out, batch_fn, loss_fn, save_every, desc, grad_accum=1, rank=0, world=1,
@@ -372,8 +473,9 @@ def train(net, opt, steps, lr, warmup, out, batch_fn, loss_fn, save_every, desc,
     return net
 
 
-def export(net, cfg, out, rank, dtype=torch.bfloat16):
-    """Write the trained weights as an official checkpoint (rank 0), in bf16 like the official ones."""
+def export(net, cfg, out, rank, dtype=torch.bfloat16, tokenizer_from=None):
+    """Write the trained weights as an official checkpoint (rank 0), in bf16 like the official ones, with
+    the tokenizer files of `tokenizer_from` (those it lacks are removed from out: no stale template)."""
     state = full_state(net)
     if rank == 0:
         with torch.device("meta"):
@@ -382,15 +484,24 @@ def export(net, cfg, out, rank, dtype=torch.bfloat16):
         if cfg.tie_embeddings:
             final.lm_head.weight = final.embed_tokens.weight
         M.save_pretrained(final, out)
+        same = not tokenizer_from or os.path.realpath(tokenizer_from) == os.path.realpath(out)
+        for name in () if same else TOKENIZER_FILES:
+            src, dst = os.path.join(tokenizer_from, name), os.path.join(out, name)
+            if os.path.isfile(src):
+                shutil.copy(src, dst + ".tmp")
+                os.replace(dst + ".tmp", dst)
+            elif os.path.exists(dst):
+                os.remove(dst)
     if dist.is_initialized():
         dist.barrier()
 
 
 def fit(model, cfg, tok, args, out, rank, world, device, length, block_size, desc, sample=tasks.tiny_problem,
-        residual=None, decoder=None):
+        residual=None, decoder=None, state=None, tokenizer_from=None):
     """The masked-diffusion objective on batches drawn from `sample` (the built-in task by default, never its
     dev/test problems), through `train`, then the official-format export. Shared by both training CLIs;
-    `args` carries the loop's knobs (seed, batch_size, steps, lr, warmup, save_every, grad_accum, amp, ...)."""
+    `args` carries the loop's knobs (seed, batch_size, steps, lr, warmup, save_every, grad_accum, amp, ...).
+    state: the folder of the resumable state (state_dir(out)); tokenizer_from: see export."""
     held_out = {r["question"] for r in tasks.tiny_records("test")} | {r["question"] for r in tasks.tiny_records("dev")}
     gen = torch.Generator()
 
@@ -398,12 +509,12 @@ def fit(model, cfg, tok, args, out, rank, world, device, length, block_size, des
         gen.manual_seed(args.seed * 1_000_003 + i)  # the noise, too, is a function of the micro-batch
         return make_batch(tok, cfg.family, i, args.seed, args.batch_size, length, held_out, sample)
     t0 = time.time()
-    train(model, make_optimizer(model, args.lr), args.steps, args.lr, args.warmup, out, batch,
+    train(model, make_optimizer(model, args.lr), args.steps, args.lr, args.warmup, state or out, batch,
           lambda ids, pm, pad, i: loss_step(model, cfg.family, cfg.mask_token_id, ids, pm, pad, gen, block_size, residual),
           args.save_every, desc, args.grad_accum, rank, world, device, getattr(torch, args.amp) if args.amp else None,
           eval_every=0 if args.fsdp else args.eval_every,
           evaluate=lambda: dev_accuracy(unwrapped(model), tok, cfg.family, args.eval_n, 56, block_size, decoder))
-    export(model, cfg, out, rank)
+    export(model, cfg, out, rank, tokenizer_from=tokenizer_from)
     if rank == 0:
         print(f"saved {out} ({(time.time() - t0) / 60:.1f} min this run)")
     if dist.is_initialized():
@@ -426,6 +537,16 @@ def add_loop_args(ap, steps, lr, warmup, save_every, seed, eval_every):
     ap.add_argument("--amp", choices=["bfloat16", "float16"], default=None, help="autocast dtype (default: float32 throughout)")
     ap.add_argument("--checkpointing", action="store_true", help="activation checkpointing per block")
     ap.add_argument("--fsdp", action="store_true", help="under torchrun: FSDP2 instead of DDP")
+    ap.add_argument("--fresh", action="store_true", help="start this run over instead of resuming it")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="write into --out even though it holds another model, a committed embedded model "
+                         "(models/), other files or a run with other settings")
+
+
+def loop_settings(args, world, **more):
+    """The settings a resume must match (run.json): everything that changes the batches or the updates."""
+    keys = ("seed", "lr", "warmup", "steps", "batch_size", "grad_accum", "amp")
+    return {**{k: getattr(args, k) for k in keys}, "world": world, **more}
 
 
 def main():
@@ -441,28 +562,35 @@ def main():
                     help="llada: answer tokens, the gen_length used at inference (default 56); sdar: prompt + answer (default 96, a multiple of the block size)")
     ap.add_argument("--block-size", type=int, default=4, help="SDAR block size")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--fresh", action="store_true", help="ignore an existing train_state.pt and start over")
     args = ap.parse_args()
+    sdar = args.family == "sdar"
     args.steps = args.steps or (3000 if args.family == "llada" else 1800)
+    args.n_kv_head = args.n_kv_head or (args.n_head // 2 if sdar else args.n_head)
+    args.length = args.length or (96 if sdar else 56)
+    shape = ("n_embd", "n_layer", "n_head", "n_kv_head", "length", "block_size")
+    loop = ("steps", "batch_size", "grad_accum", "save_every")
+    bad = next((k for k in loop + shape if getattr(args, k) <= 0), None)
+    if bad or args.n_embd % args.n_head or args.n_head % args.n_kv_head or not args.lr > 0:
+        raise SystemExit(f"--{bad.replace('_', '-')} must be > 0" if bad else
+                         "need --lr > 0, --n-head dividing --n-embd and --n-kv-head dividing --n-head")
     if args.threads:
         torch.set_num_threads(args.threads)
     rank, world, device = setup_distributed(args.device)
+    settings = loop_settings(args, world, command="train.py", family=args.family,
+                             **{k: getattr(args, k) for k in shape})
+    state, resume = claim_out(args.out, settings, args.overwrite, args.fresh)
     print(f"rank {rank}/{world}: device={device} amp={args.amp or 'off (float32)'} threads={torch.get_num_threads()}")
     if rank == 0:
-        os.makedirs(args.out, exist_ok=True)
-        if args.fresh and os.path.exists(os.path.join(args.out, "train_state.pt")):
-            shutil.rmtree(os.path.join(args.out, "train_state.pt"), ignore_errors=True)
-            if os.path.isfile(os.path.join(args.out, "train_state.pt")):
-                os.remove(os.path.join(args.out, "train_state.pt"))
-        write_tokenizer(args.out, args.family, seed=args.seed)
+        begin_run(state, settings, resume)
+        if not resume or not os.path.isfile(os.path.join(state, "tokenizer.json")):
+            write_tokenizer(state, args.family, seed=args.seed)  # copied into --out at the export
     if dist.is_initialized():
         dist.barrier()
-    tok = load_tokenizer(args.out)
+    tok = load_tokenizer(state)
     vocab = -(-tok.vocab_size // 64) * 64  # padded, as real checkpoints pad theirs
     ids = tok.special_ids
-    sdar = args.family == "sdar"
     cfg = M.Config(family=args.family, vocab_size=vocab, n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head,
-                   n_kv_head=args.n_kv_head or (args.n_head // 2 if sdar else args.n_head),
+                   n_kv_head=args.n_kv_head,
                    head_dim=args.n_embd // args.n_head, intermediate_size=args.n_embd * 8 // 3 // 16 * 16,
                    rope_theta=1e6 if sdar else 5e5, max_seq_len=1024, norm_eps=1e-6 if sdar else 1e-5, qk_norm=sdar,
                    rope_fp32=not sdar, norm_gain_fp32=sdar, block_size=args.block_size if sdar else None,
@@ -474,9 +602,9 @@ def main():
     if rank == 0:
         print(f"{args.family}: {sum(p.numel() for p in net.parameters()):,} parameters, vocab {tok.vocab_size} (padded {vocab})")
     model = parallelize(net.to(device), world, args.fsdp, args.checkpointing)
-    fit(model, cfg, tok, args, args.out, rank, world, device, args.length or (96 if sdar else 56), args.block_size,
-        f"train {args.family}")
+    fit(model, cfg, tok, args, args.out, rank, world, device, args.length, args.block_size,
+        f"train {args.family}", state=state, tokenizer_from=state)
 
 
 if __name__ == "__main__":
-    main()
+    interrupted(main)

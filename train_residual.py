@@ -4,10 +4,12 @@ Algorithm 1) and its SeqD baseline: on this CPU in minutes for the embedded mode
 GPUs for the real checkpoints (torchrun DDP/FSDP2, bf16 autocast, gradient accumulation, activation
 checkpointing: the loop is train.py's). Decoding is residual.py.
 
-  stage 1   python train_residual.py reference --base models/tiny-sdar --out models/tiny-sdar-ref
-  stage 2   python train_residual.py rcd --base models/tiny-sdar --reference models/tiny-sdar-ref \\
-                --out models/tiny-sdar-rcd
-  baseline  python train_residual.py seqd --base models/tiny-sdar --out models/tiny-sdar-seqd
+  stage 1   python train_residual.py reference --base models/tiny-sdar --out runs/tiny-sdar-ref
+  stage 2   python train_residual.py rcd --base models/tiny-sdar --reference runs/tiny-sdar-ref \\
+                --out runs/tiny-sdar-rcd
+  baseline  python train_residual.py seqd --base models/tiny-sdar --out runs/tiny-sdar-seqd
+  (--out models/... replaces a committed model only with --overwrite; a run's settings are kept in run.json
+  and a resume with other ones is refused; Ctrl-C, then the same command, resumes.)
   GPUs      torchrun --nproc_per_node 8 train_residual.py rcd --base JetLM/SDAR-8B-Chat-b64 \\
                 --reference yuezhouhu/SeqD-SDAR-1.7B-b64-Thinking --data openr1_math.jsonl --block-size 64 \\
                 --length 8192 --batch-size 1 --grad-accum 12 --lr 1e-5 --amp bfloat16 --checkpointing --fsdp
@@ -31,11 +33,8 @@ residual.py decodes with it; 1 = the paper.
 """
 import argparse
 import json
-import os
-import shutil
 
 import torch
-import torch.distributed as dist
 
 import model as M
 import residual
@@ -67,7 +66,11 @@ def read_pairs(path):
     with open(path) as f:
         for n, line in enumerate(f):
             if line.strip():
-                row = json.loads(line)
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    raise ValueError(f"{path} line {n + 1}: not a JSON record") from None
+                row = row if isinstance(row, dict) else {}
                 q, a = row.get("prompt", row.get("question")), row.get("response", row.get("answer"))
                 if not isinstance(q, str) or not isinstance(a, str):
                     raise ValueError(f"{path} line {n + 1}: needs string 'prompt'/'response' "
@@ -109,7 +112,8 @@ def parse_args():
 
 def load_reference(args, cfg, device, dtype):
     """The frozen reference (rcd stage), which must share the target's vocabulary and mask id."""
-    ref = M.from_pretrained(args.reference, device=device, dtype=torch.bfloat16 if args.amp else dtype).eval()
+    ref_dtype = torch.bfloat16 if args.amp else dtype
+    ref = train.or_exit(M.from_pretrained, args.reference, device, ref_dtype).eval()
     ref.requires_grad_(False)
     if ref.config.vocab_size != cfg.vocab_size or ref.config.mask_token_id != cfg.mask_token_id:
         raise SystemExit(f"{args.reference}: vocabulary/mask id differ from {args.base}; "
@@ -117,31 +121,38 @@ def load_reference(args, cfg, device, dtype):
     return ref
 
 
-def copy_tokenizer(base, out):
-    """The tokenizer travels with the checkpoint."""
-    for name in os.listdir(base):
-        if name.startswith("tokenizer") or name in ("special_tokens_map.json", "vocab.json", "merges.txt",
-                                                   "chat_template.jinja", "generation_config.json"):
-            shutil.copy(os.path.join(base, name), out)
+def run_settings(args, world):
+    """(base folder, input folders, settings): what run.json records, so a resume with other settings or
+    inputs is refused."""
+    base = train.or_exit(M.resolve, args.base)
+    inputs = [("--base", base)]
+    if args.reference:
+        inputs.append(("--reference", train.or_exit(M.resolve, args.reference)))
+    settings = train.loop_settings(args, world, command="train_residual.py", stage=args.stage,
+                                   **{k: getattr(args, k) for k in ("length", "block_size", "alpha_scale",
+                                                                   "dtype")},
+                                   **{flag[2:]: train.fingerprint(path) for flag, path in inputs},
+                                   data=args.data and train.or_exit(train.file_hash, args.data))
+    return base, inputs, settings
 
 
 def main():
     args = parse_args()
     rank, world, device = train.setup_distributed(args.device)
+    base, inputs, settings = run_settings(args, world)
+    state, resume = train.claim_out(args.out, settings, args.overwrite, args.fresh, inputs)  # before any load
+    pairs = train.or_exit(read_pairs, args.data) if args.data else None
     dtype = getattr(torch, args.dtype)
-    net = M.from_pretrained(args.base, device="cpu", dtype=dtype)
+    net = train.or_exit(M.from_pretrained, base, "cpu", dtype)
     cfg, family = net.config, net.config.family
     block_size = args.block_size or cfg.block_size
-    base = M.resolve(args.base)
-    tok = load_tokenizer(base)
+    tok = train.or_exit(load_tokenizer, base)
     ref = load_reference(args, cfg, device, dtype) if args.reference else None
     if rank == 0:
-        os.makedirs(args.out, exist_ok=True)
-        copy_tokenizer(base, args.out)
+        train.begin_run(state, settings, resume)  # the tokenizer travels with the checkpoint, at the export
         print(f"{args.stage}: {family} from {args.base}{' + reference ' + args.reference if ref else ''}, "
               f"{sum(p.numel() for p in net.parameters()):,} parameters, {world} process(es) on {device}")
     model = train.parallelize(net.to(device), world, args.fsdp, args.checkpointing)
-    pairs = read_pairs(args.data) if args.data else None
     decoder = residual_hook = None
     if args.stage == "rcd":  # measure the target as it will be used: with residuals (cold start)
         dev_block = block_size if family == "sdar" else 8
@@ -154,8 +165,9 @@ def main():
     length = args.length or (56 if family == "llada" else 96)
     sample = (lambda rng: rng.choice(pairs)) if pairs else tasks.tiny_problem
     train.fit(model, cfg, tok, args, args.out, rank, world, device, length, block_size,
-              f"{args.stage} {family}", sample=sample, residual=residual_hook, decoder=decoder)
+              f"{args.stage} {family}", sample=sample, residual=residual_hook, decoder=decoder, state=state,
+              tokenizer_from=base)
 
 
 if __name__ == "__main__":
-    main()
+    train.interrupted(main)

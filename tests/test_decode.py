@@ -1,8 +1,12 @@
 """decode.py: the shared pieces against hand-computed cases, and the decoders' properties: batching does
 not change results, SDAR's cache is exact, per-sample stopping, determinism, and clear argument errors.
 Token-for-token parity with the official implementations is ../shared/parity/check.py's job (CI runs it)."""
+import importlib.util
+import os
+import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -28,7 +32,7 @@ def test_gumbel_noise_is_identity_at_zero_and_samples_the_softmax():
 
 @pytest.mark.parametrize("temperature", [0.0, 0.7])
 def test_eos_flags_follow_the_official_chained_assignment(temperature):
-    """decoding.md 2.5: which of EOS (id 1) / EoT (id 2) end up with confidence 0."""
+    """LLaDA's generate.py, confidence_eos_eot_inf: which of EOS (id 1) / EoT (id 2) get confidence 0."""
     eos, eot = 1, 2
     logits = torch.tensor([[[0.0, 9.0, 0.0, 0.0], [0.0, 0.0, 9.0, 0.0], [0.0, 0.0, 0.0, 9.0]]])  # x0: EOS, EoT, 3
     mask, x = torch.ones(1, 3, dtype=torch.bool), torch.zeros(1, 3, dtype=torch.long)
@@ -83,7 +87,8 @@ def test_llada_commits_exactly_the_schedule(llada):
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(threshold=0.05), dict(cache="prefix"), dict(cache="dual", threshold=0.05),
-                                dict(cfg_scale=1.0), dict(cache="dual", cfg_scale=0.5)])
+                                pytest.param(dict(cfg_scale=1.0), marks=pytest.mark.slow),
+                                pytest.param(dict(cache="dual", cfg_scale=0.5), marks=pytest.mark.slow)])
 def test_llada_batch_equals_one_by_one(llada, kw):
     prompts = torch.randint(0, 90, (3, 6))
     x, stats = D.generate(llada, prompts, steps=16, gen_length=16, block_length=8, **kw)
@@ -176,3 +181,89 @@ def test_sdar_bad_arguments(sdar, kw, words):
 def test_cli_help():
     out = subprocess.run([sys.executable, "decode.py", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0 and "--threshold" in out.stdout and "--show" in out.stdout
+
+
+class HFLike(torch.nn.Module):
+    """What Hugging Face's LLaDA offers decode.py: config.mask_token_id, config.eos_token_id and a forward
+    returning an object with `.logits` (no stop_ids, max_seq_len, lm_head, KV cache or positions)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.config = SimpleNamespace(mask_token_id=inner.config.mask_token_id,
+                                      eos_token_id=inner.config.eos_token_id)
+
+    def forward(self, input_ids, attention_mask=None):
+        return SimpleNamespace(logits=self.inner(input_ids, attention_mask=attention_mask))
+
+
+def test_decode_py_alone_drives_a_hugging_face_style_model(llada, tmp_path):
+    """decode.py copied alone into an empty folder imports nothing of the project, and with forward=hf_forward
+    gives the tokens of our own model on the no-cache path (plain, threshold, guidance, ragged batch)."""
+    shutil.copy(os.path.join(ROOT, "decode.py"), tmp_path / "decode.py")
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); import decode; "
+             "print(sorted({'model', 'tokenizer', 'tasks', 'eval', 'residual', 'mrp'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-I", "-c", probe, str(tmp_path)], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+    spec = importlib.util.spec_from_file_location("decode_alone", tmp_path / "decode.py")
+    alone = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(alone)
+    hf = HFLike(llada)
+    prompts = [torch.randint(0, 90, (n,)) for n in (6, 4)]
+    for kw in (dict(steps=16), dict(threshold=0.2), dict(steps=16, cfg_scale=0.5)):
+        ours, s_ours = D.generate(llada, prompts, gen_length=16, block_length=8, **kw)
+        theirs, s_theirs = alone.generate(hf, prompts, gen_length=16, block_length=8,
+                                          forward=alone.hf_forward, **kw)
+        assert torch.equal(ours, theirs) and s_ours["nfe_per_sample"] == s_theirs["nfe_per_sample"]
+    with pytest.raises(ValueError, match="hf_forward drives the plain path"):
+        alone.generate(hf, prompts, gen_length=16, block_length=8, threshold=0.2, cache="dual",
+                       forward=alone.hf_forward)
+
+
+def test_decoder_loops_copy_nothing_to_the_host(llada, sdar, monkeypatch):
+    """Per-sample forward counts are added up on the device and read once at the end: no .cpu() per step."""
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *a, **k: pytest.fail("a .cpu() in a decoder loop"))
+    _, stats = D.generate(llada, [[1, 2, 3], [4, 5]], steps=8, gen_length=8, block_length=8, threshold=0.5)
+    _, stats2 = D.block_generate(sdar, [[1, 2, 3], [4, 5]], gen_length=8, block_length=4, stop_ids=[])
+    assert len(stats["nfe_per_sample"]) == len(stats2["nfe_per_sample"]) == 2
+
+
+def test_generation_defaults_come_from_the_model_folder(tmp_path):
+    """The flags, else generation_config.json (its steps only with its own lengths), else the family's."""
+    args = lambda **kw: SimpleNamespace(**{"gen_length": None, "block_length": None, "steps": None, **kw})
+    gen = {"gen_length": 56, "block_length": 8, "steps": 56}
+    assert D.lengths(args(), "llada", None, gen) == (56, 8, 56)
+    assert D.lengths(args(gen_length=112), "llada", None, gen) == (112, 8, 112)  # one token per step again
+    assert D.lengths(args(block_length=56), "llada", None, gen) == (56, 56, 56)
+    assert D.lengths(args(), "llada", None, {}) == (128, 32, 128)
+    assert D.lengths(args(), "sdar", 4, {}) == (256, 4, 4)
+    (tmp_path / "generation_config.json").write_text('{"gen_length": 0}')
+    with pytest.raises(SystemExit, match="gen_length must be a positive integer"):
+        D.generation_defaults(str(tmp_path))
+    for name in os.listdir(os.path.join(ROOT, "models")):  # every embedded model carries its own
+        gen = D.generation_defaults(os.path.join(ROOT, "models", name))
+        assert gen["gen_length"] == 56 and gen["chat"] and gen["task"] == "tiny"
+
+
+@pytest.mark.slow
+def test_cli_shows_plain_frames_in_a_pipe_and_checks_the_answer():
+    """`python decode.py --show` into a pipe: numbered frames without escape codes, the prompt, the decoded
+    text and whether the built-in task's answer is right; the embedded model's own lengths by default. A
+    prompt unlike anything the model was trained on gets a one-line note instead of silence."""
+    question = ("Mia has 46 apples. Each day, if the number is even she gives away half, else she gets 7 "
+                "more. How many apples after 4 days?")
+    out = subprocess.run([sys.executable, "decode.py", "--prompt", question, "--show"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "\033" not in out.stdout and out.stdout.count("--- step ") == 56
+    assert f"prompt: {question}" in out.stdout and "gen 56, block 8, steps 56" in out.stdout
+    assert "answer 22: right (the built-in task's answer is 22)" in out.stdout
+    out = subprocess.run([sys.executable, "decode.py", "--prompt", "What is the capital of France?",
+                          "--gen-length", "8", "--block-length", "8"], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert out.returncode == 0 and "note: this prompt is far from what the model was trained on" in out.stdout
+    out = subprocess.run([sys.executable, "decode.py", "--prompt", "hi", "--gen-length", "20"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and out.stderr.strip() == ("decode.py: gen_length (20) must be a positive "
+                                                          "multiple of block_length (8)")

@@ -99,7 +99,7 @@ def broken(tmp_path, edit_cfg=None, edit_sd=None, shards=1):
 
 @pytest.mark.parametrize("what, make, error, words", [
     ("missing key", lambda t: broken(t, edit_sd=lambda sd: sd.pop("model.layers.1.mlp.up_proj.weight")),
-     KeyError, "missing keys ['layers.1.mlp.up_proj.weight']"),
+     KeyError, "missing keys ['model.layers.1.mlp.up_proj.weight']"),  # the checkpoint's own name
     ("unknown key", lambda t: broken(t, edit_sd=lambda sd: sd.update({"model.layers.0.extra.weight": torch.zeros(2)})),
      KeyError, "unknown keys ['model.layers.0.extra.weight']"),
     ("layer beyond the config", lambda t: broken(t, edit_cfg=lambda c: c.update(num_hidden_layers=1)),

@@ -1,6 +1,7 @@
 """tasks.py: answer extraction and normalisation (eval.md section 9), loaders on 3-row fixture files in every
 published format (tests/fixtures/tasks/, hand-written rows, not benchmark problems), prompts, and code execution
-on hand-written trivial and hostile programs, each checking the outcome and that this machine is unharmed.
+on hand-written trivial and hostile programs, each checking the outcome and that this machine is unharmed: here
+the audit hook (the second layer) on its own; tests/test_sandbox.py attacks the operating-system boundary.
 CPU only, no network, a few seconds."""
 import gzip
 import hashlib
@@ -12,6 +13,7 @@ import time
 
 import pytest
 
+import sandbox
 import tasks
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "tasks")
@@ -38,7 +40,13 @@ def group_alive(pgid):
 
 
 def run(code, **kwargs):
-    return tasks.run_program(code, allow_code_exec=True, **kwargs)
+    return sandbox.run_program(code, allow_code_exec=True, **kwargs)
+
+
+def hooked(code, **kwargs):
+    """The audit hook on its own, as in the fallback without namespaces, where it is the main layer (in
+    namespaces it is the second; tests/test_sandbox.py attacks the boundary itself, with the hook switched off)."""
+    return run(code, boundary="limits", **kwargs)
 
 # -----------------------------------------------------------------------------
 # Extraction and comparison
@@ -227,7 +235,7 @@ def test_guard_allows_normal_programs(tmp_path):
             "with tempfile.NamedTemporaryFile('w') as f: f.write('x')\n"
             "open(os.devnull, 'w').write('x'); sqlite3.connect(':memory:')\n"
             "assert open('a/b/out.txt').read() == '42' and math.comb(5, 2) == 10\n")
-    assert run(code)["status"] == "passed"
+    assert hooked(code)["status"] == "passed"
     assert run("import numpy as np\nassert np.arange(4).sum() == 6", timeout=30)["status"] == "passed"  # imports ctypes
 
 
@@ -261,8 +269,8 @@ def test_mbpp_program():
 def test_execution_is_opt_in(tmp_path):
     marker = tmp_path / "ran"
     code = f"open({str(marker)!r}, 'w')"
-    assert tasks.run_program(code)["status"] == "not_run"
-    assert [r["status"] for r in tasks.run_programs([code, code])] == ["not_run", "not_run"]
+    assert sandbox.run_program(code)["status"] == "not_run"
+    assert [r["status"] for r in sandbox.run_programs([code, code])] == ["not_run", "not_run"]
     records, _ = tasks.load_records("mbpp", data=fixture("mbpp"))
     results = tasks.score_code("mbpp", records, [r["solution"] for r in records])
     assert [r["status"] for r in results] == ["not_run"] * 3 and not any(r["passed"] for r in results)
@@ -297,7 +305,7 @@ def test_unbounded_allocation_fails():
     "import pty\npty.fork()",
 ])
 def test_no_new_processes(code):
-    r = run(code, timeout=5)
+    r = hooked(code, timeout=5)
     assert r["status"] == "failed" and "PermissionError" in r["stderr_tail"]
     assert group_alive(r["pid"]) == []
 
@@ -311,7 +319,7 @@ def test_no_new_processes(code):
     "import os\nos.kill(os.getppid(), 9)",
 ])
 def test_refused_escapes(code):
-    r = run(code)
+    r = hooked(code)
     assert r["status"] == "failed" and "PermissionError" in r["stderr_tail"]
 
 
@@ -325,7 +333,7 @@ def test_refused_escapes(code):
 ])
 def test_cannot_write_outside(tmp_path, make_code):
     target = tmp_path / "evil.txt"
-    r = run(make_code(str(target)))
+    r = hooked(make_code(str(target)))
     assert r["status"] == "failed" and "PermissionError" in r["stderr_tail"]
     assert not target.exists()
 
@@ -344,21 +352,21 @@ def test_cannot_delete_outside(tmp_path, make_code):
     keep.parent.mkdir()
     keep.write_text("data")
     mode = keep.stat().st_mode
-    r = run(make_code(str(keep)))
+    r = hooked(make_code(str(keep)))
     assert r["status"] == "failed" and "PermissionError" in r["stderr_tail"]
     assert keep.read_text() == "data" and keep.stat().st_mode == mode
 
 
 def test_scratch_dir_is_removed():
-    r = run("import os\nprint(os.getcwd(), file=__import__('sys').stderr)\nraise SystemExit(1)")
+    r = hooked("import os\nprint(os.getcwd(), file=__import__('sys').stderr)\nraise SystemExit(1)")
     scratch = r["stderr_tail"].splitlines()[0]
-    assert os.path.basename(scratch).startswith("tasks_exec_") and not os.path.exists(scratch)
+    assert os.path.basename(scratch).startswith("sandbox_exec_") and not os.path.exists(scratch)
 
 
 def test_pool_size_does_not_change_results():
     programs = ["assert True", "assert False", "x = 1 / 0", "import math\nassert math.isqrt(17) == 4"] * 2
-    one = [r["status"] for r in tasks.run_programs(programs, workers=1, allow_code_exec=True)]
-    three = [r["status"] for r in tasks.run_programs(programs, workers=3, allow_code_exec=True)]
+    one = [r["status"] for r in sandbox.run_programs(programs, workers=1, allow_code_exec=True)]
+    three = [r["status"] for r in sandbox.run_programs(programs, workers=3, allow_code_exec=True)]
     assert one == three == ["passed", "failed", "failed", "passed"] * 2
 
 

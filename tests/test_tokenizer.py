@@ -218,6 +218,69 @@ def test_llada_strips_and_always_appends_header(llada):
     assert llada.apply_chat_template(msgs, add_generation_prompt=False) == want
 
 
+# ---- Ling-2.0 (LLaDA2.0-mini) chat format on a small tokenizer in its format: Ling's pre-tokenizer regex
+# (possessive quantifiers, single digits), its role markers as added tokens, a chat template naming them
+
+LING_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
+                r"""|\s*[\r\n]|\s+(?!\S)|\s+""")
+LING_SPECIALS = {"<|endoftext|>": 300, "<|mask|>": 301, "<role>": 302, "</role>": 303, "<|role_end|>": 304,
+                 "<think>": 305, "</think>": 306}
+LING_TEMPLATE = ("{{- '<role>SYSTEM</role>' }}...{{- '<role>HUMAN</role>' + message.content + "
+                 "'<|role_end|>' }}...{{- '<role>ASSISTANT</role>' }}")  # an excerpt: only its markers count
+
+
+@pytest.fixture
+def ling(tmp_path):
+    config = {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "mask_token": "<|mask|>",
+              "chat_template": LING_TEMPLATE, "_plain": ["<think>", "</think>"]}
+    edit = lambda s: s["pre_tokenizer"]["pretokenizers"][0]["pattern"].update(Regex=LING_PATTERN)
+    merges = [(" ", "t"), (" t", "h"), (" th", "e"), ("l", "l"), ("'", "ll")]
+    folder = write_tokenizer(tmp_path, merges, added=LING_SPECIALS, config=config, edit=edit)
+    return tokenizer.load_tokenizer(folder)
+
+
+def test_ling2_documented_prompt(ling):
+    text = ling.apply_chat_template([{"role": "user", "content": "What is 2+2?"}])
+    assert text == ("<role>SYSTEM</role>detailed thinking off<|role_end|><role>HUMAN</role>What is 2+2?"
+                    "<|role_end|><role>ASSISTANT</role>")
+    assert ling.encode(text) == [302, *b"SYSTEM", 303, *b"detailed", 257, *b"inking off", 304, 302, *b"HUMAN",
+                                 303, *b"What is 2+2?", 304, 302, *b"ASSISTANT", 303]  # " th": merge 1
+    assert ling.chat_format == "ling2" and (ling.eos_token_id, ling.mask_token_id) == (300, 301)
+
+
+def test_ling2_pre_tokenizer_splits_digits_and_contractions(ling):
+    # single digits (cl100k groups up to 3); "'ll" is one piece; " the" merges (no word before it)
+    assert ling.encode("2024") == [*b"2024"]
+    assert ling.encode("we'll the") == [*b"we", 260, 258]
+
+
+def test_ling2_system_turns_and_history(ling):
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "<think>\nr\n</think>\n\nA"},
+            {"role": "system", "content": "S2"}, {"role": "user", "content": "b"}]
+    assert ling.apply_chat_template(msgs) == (
+        "<role>SYSTEM</role>Be brief.\ndetailed thinking off<|role_end|><role>HUMAN</role>a<|role_end|>"
+        "<role>ASSISTANT</role>A<|role_end|><role>SYSTEM</role>S2<|role_end|><role>HUMAN</role>b<|role_end|>"
+        "<role>ASSISTANT</role>")  # an earlier turn's reasoning is dropped; a later system turn is a turn
+    last = [{"role": "user", "content": "q"},
+            {"role": "assistant", "content": "x", "reasoning_content": "\nr\n"}]
+    assert ling.apply_chat_template(last, add_generation_prompt=False) == (
+        "<role>SYSTEM</role>detailed thinking off<|role_end|><role>HUMAN</role>q<|role_end|>"
+        "<role>ASSISTANT</role>\n<think>\nr\n</think>\n\nx<|role_end|>")  # after the last query: shown
+    with pytest.raises(NotImplementedError, match="tool"):
+        ling.apply_chat_template([{"role": "user", "content": "q"}, {"role": "tool", "content": "1"}])
+    with pytest.raises(ValueError, match="role 'narrator' is not supported by the Ling-2.0"):
+        ling.apply_chat_template([{"role": "narrator", "content": "q"}])
+
+
+def test_ling2_is_not_mistaken_for_ling1(tmp_path):
+    # LLaDA's Ling-1 tokenizer has <role> and </role> but no <|role_end|>; nor is a template without them
+    ling1 = {**LLADA_SPECIALS, "<role>": 126340, "</role>": 126341}
+    assert tokenizer.load_tokenizer(write_tokenizer(tmp_path / "a", added=ling1)).chat_format == "llada"
+    folder = write_tokenizer(tmp_path / "b", added=LING_SPECIALS, config={"chat_template": "{{ messages }}"})
+    assert tokenizer.load_tokenizer(folder).chat_format is None
+
+
 def test_no_known_chat_format(tmp_path):
     tok = tokenizer.load_tokenizer(write_tokenizer(tmp_path / "a", added={"<|endoftext|>": 300}))
     with pytest.raises(ValueError, match="no chat format we know"):
