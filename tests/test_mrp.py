@@ -131,6 +131,7 @@ def test_bad_arguments(pair):
         R.decode_mrp(backbone, [1, 2], mrp=mrp, mode="fast", gen_length=8, block_length=4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,layers", [("tiny-sdar-mrp", 3), ("tiny-sdar-mrp-1lyr", 1),
                                          ("tiny-sdar-mrp-remask", 3), ("tiny-sdar-mrp-remask-long", 3)])
 def test_committed_heads_are_lossless_on_the_builtin_task(name, layers):

@@ -24,6 +24,7 @@ def masked_batch(n, T_len=16, prompt=4):
     return ids, pm
 
 
+@pytest.mark.slow
 def test_training_loss_learns_and_does_not_touch_the_backbone(pair):  # noqa: F811
     backbone, _ = pair
     torch.manual_seed(0)
