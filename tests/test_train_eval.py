@@ -307,6 +307,28 @@ def test_help_describes_every_method_and_groups_the_flags(capsys):
     beyond = re.findall(r"^  (--[a-z-]+)", out[out.index("beyond the paper:"):out.index("output:")], re.M)
     assert beyond == ["--rcd-init", "--concentration", "--rcd-source", "--alpha-scale", "--remask", "--delta",
                       "--sampler", "--no-terminal", "--window", "--positions"]  # not --t-res, --r, --budget
-    assert "rcd: models/tiny-llada-rcd" in out and "56 for rcd" in out  # the per-method defaults
+    assert "rcd: models/tiny-sdar-rcd" in out and "no --thresholds: 8,4,2" in out  # the per-method defaults
     with pytest.raises(SystemExit, match="--steps 8,x: expected comma-separated int values"):
         E.check_args(E.parse_args(["--steps", "8,x"]))
+
+
+def test_rcd_default_is_the_fixed_quota_steps_sweep_on_the_sdar_pair():
+    """python eval.py --method rcd: the SDAR-format pair in the blocks of 32 it was trained with, at 8, 4 and
+    2 steps per block (a fixed quota, no threshold), against SeqD decoded the same way, on all 500
+    problems."""
+    import eval as E
+    args = E.check_args(E.parse_args(["--method", "rcd"]))
+    assert os.path.relpath(args.model, ROOT) == os.path.join("models", "tiny-sdar-rcd")
+    assert args.sweep == ([8, 4, 2], [None]) and args.block_length is None  # SDAR: the checkpoint's 32
+    assert args.limit is None and args.task == "tiny" and args.rcd_init is None and args.reference is None
+    (seqd, counterpart), (rcd, method) = E.plan(args)
+    assert (os.path.basename(seqd), counterpart) == ("tiny-sdar-seqd", "baseline")
+    assert (rcd, method) == (args.model, "rcd")
+    assert len(tasks.load_records("tiny")[0]) == 500
+    # the threshold view keeps the settings RESULTS.md logged: no steps, SeqD by the same threshold rule
+    args = E.check_args(E.parse_args(["--method", "rcd", "--thresholds", "0.3,0.5"]))
+    assert args.sweep == ([None], [0.3, 0.5]) and E.plan(args)[0][1] == "threshold"
+    # another checkpoint keeps the paper's decoding (one token per step) unless told otherwise
+    args = E.check_args(E.parse_args(["--method", "rcd", "--model", "models/tiny-llada-rcd"]))
+    assert args.sweep == ([None], [None]) and args.block_length is None
+
