@@ -76,10 +76,10 @@ def decode_baseline(model, prompts, s):
     if model.config.family == "llada":
         return decode.generate(model, prompts, steps=s["steps"] or s["gen_length"],
                                gen_length=s["gen_length"], block_length=s["block_length"],
-                               temperature=s["temperature"], cache=s["cache"])
+                               temperature=s["temperature"], cache=s["cache"], **watched(s))
     return decode.block_generate(model, prompts, gen_length=s["gen_length"], block_length=s["block_length"],
                                  denoising_steps=s["steps"] or s["block_length"],
-                                 temperature=s["temperature"])
+                                 temperature=s["temperature"], **watched(s))
 
 
 def decode_threshold(model, prompts, s):
@@ -88,10 +88,11 @@ def decode_threshold(model, prompts, s):
         raise SystemExit(f"--method {s['method']} needs --thresholds (e.g. 0.5,0.7,0.9)")
     if model.config.family == "llada":
         return decode.generate(model, prompts, gen_length=s["gen_length"], block_length=s["block_length"],
-                               threshold=s["threshold"], temperature=s["temperature"], cache=s["cache"])
+                               threshold=s["threshold"], temperature=s["temperature"], cache=s["cache"],
+                               **watched(s))
     return decode.block_generate(model, prompts, gen_length=s["gen_length"], block_length=s["block_length"],
                                  denoising_steps=s["steps"] or s["block_length"], threshold=s["threshold"],
-                                 temperature=s["temperature"])
+                                 temperature=s["temperature"], **watched(s))
 
 
 def cached(cache):
@@ -126,7 +127,7 @@ def decode_rcd(model, prompts, s):
                                alpha_scale=s["alpha_scale"], init=s["rcd_init"],
                                reference=s.get("reference"), concentration=s["concentration"],
                                source=s["rcd_source"], cache=s["cache"],
-                               temperature=s["temperature"])
+                               temperature=s["temperature"], **watched(s, rcd=True))
 
 
 MRP_MODES = {"direct": "1 + K tokens per backbone forward, unverified (lossy)",
@@ -210,6 +211,122 @@ def compile_seconds(*models):
 
 
 # -----------------------------------------------------------------------------
+# Beyond the papers: the error anatomy of a run (--anatomy, this project's diagnostic)
+
+ANATOMY = ("tokens", "tokens_first", "errors", "errors_first", "root", "root_first", "survived", "alpha_sum",
+           "alpha_high")
+ANATOMY_METHODS = ("baseline", "threshold", "rcd")  # their decoders take forward= and on_step= as they are
+
+
+class Anatomy:
+    """Where a run commits its tokens and its errors, and how much residual RCD has at hand there. For one
+    batch of the built-in task, whose solutions are unique and laid out token for token: an error is a
+    committed token of the gold answer (train.py's layout, end-of-turn token included) that differs from it.
+    `wrap(forward)` watches the decoder's forwards (which columns were masks, and each one's prediction);
+    `on_step` sees what the step committed. Per problem (`counts`) it adds up
+      tokens, errors     committed in the gold answer, and how many of them in the first forward of their
+                         block (the forward that has no residual yet under RCD's cold start);
+      root errors        the errors of the problem's first step that commits any (later ones may follow from
+                         them), and how many of those in a first forward;
+      survived, alpha    positions of the block being decoded that stay masked after a step, and alpha =
+                         H / log V (Eq. 3) of that step's prediction there: the weight of the residual RCD
+                         feeds the next forward (for a plain decoder: what RCD would feed).
+    Blocks are the decoders': LLaDA's counted from the first generated column, SDAR's aligned to column 0
+    of the canvas (each prompt is shifted by whole blocks)."""
+
+    def __init__(self, gold, family, block_length, mask_id):
+        self.gold, self.family, self.block_length, self.mask_id = gold, family, block_length, mask_id
+        self.counts = [dict.fromkeys(ANATOMY, 0) for _ in gold]
+        self.start = self.fed = self.gold_ids = self.blocks = None
+        self.seen, self.erred = set(), set()
+
+    def wrap(self, forward):
+        """The decoder's forward, watched: the columns it fed, which were masks, and alpha at those."""
+        import residual
+
+        def watched(model, ids, *args, cache_start=0, **kw):
+            out = forward(model, ids, *args, cache_start=cache_start, **kw)
+            masks = ids == self.mask_id  # a new tensor: the canvas is written in place after the forward
+            if masks.any():
+                if self.start is None:  # the first forward with masks: each row's first generated column
+                    self.start = (cache_start + masks.int().argmax(1)).tolist()
+                logits = out[0] if isinstance(out, tuple) else out
+                alpha = torch.zeros(masks.shape, device=ids.device)
+                alpha[masks] = residual.entropy_weight(logits[masks])
+                self.fed = (torch.arange(cache_start, cache_start + ids.shape[1], device=ids.device), masks,
+                            alpha)
+            return out
+        return watched
+
+    def layout(self, x):
+        """Gold ids over the canvas (-1 off the answer) and each column's block, once the canvas is known."""
+        B, T = x.shape
+        self.gold_ids = torch.full((B, T), -1, dtype=torch.long, device=x.device)
+        for r, (s, g) in enumerate(zip(self.start, self.gold)):
+            n = min(len(g), T - s)
+            self.gold_ids[r, s:s + n] = torch.tensor(g[:n], device=x.device)
+        origin = torch.tensor(self.start, device=x.device)[:, None] if self.family == "llada" else 0
+        cols = torch.arange(T, device=x.device).expand(B, T)
+        self.blocks = torch.div(cols - origin, self.block_length, rounding_mode="floor")
+
+    def on_step(self, x):
+        if self.gold_ids is None:
+            self.layout(x)
+        cols, was, alpha = self.fed
+        now = x[:, cols]
+        new, kept = was & (now != self.mask_id), was & (now == self.mask_id)
+        gold, blocks = self.gold_ids[:, cols], self.blocks[:, cols]
+        answer = new & (gold >= 0)
+        wrong = answer & (now != gold)
+        for r, c in enumerate(self.counts):
+            if not new[r].any():  # done, or stopped: nothing committed
+                continue
+            block = int(blocks[r][new[r]].min())
+            first = (r, block) not in self.seen
+            self.seen.add((r, block))
+            tokens, errors = int(answer[r].sum()), int(wrong[r].sum())
+            root = errors if r not in self.erred else 0
+            if errors:
+                self.erred.add(r)
+            survived = alpha[r][kept[r] & (blocks[r] == block)]
+            for k, v in (("tokens", tokens), ("errors", errors), ("root", root)):
+                c[k] += v
+                c[k + "_first"] += v if first else 0
+            c["survived"] += len(survived)
+            c["alpha_sum"] += float(survived.sum())
+            c["alpha_high"] += int((survived > 0.1).sum())
+
+
+def anatomy_for(args, net, tok, s, batch):
+    """An Anatomy for this batch with --anatomy, else None."""
+    if not args.anatomy:
+        return None
+    import train
+    gold = [train.encode(tok, r["question"], r["answer"], s["family"])[1] for r in batch]
+    return Anatomy(gold, s["family"], s["block_length"], net.config.mask_token_id)
+
+
+def watched(s, rcd=False):
+    """The decoder keywords that let a batch's Anatomy (s["watch"]) watch it, none without --anatomy: the
+    forward wrapped (RCD's is made inside residual.decode_rcd, which takes the wrapper) and the callback."""
+    a = s.get("watch")
+    if a is None:
+        return {}
+    return {"wrap": a.wrap, "on_step": a.on_step} if rcd else {"forward": a.wrap(decode.model_forward),
+                                                               "on_step": a.on_step}
+
+
+def anatomy_line(label, a):
+    """One setting's anatomy, summed over its problems, in words."""
+    pct = lambda k, n: f"{100 * a[k] / max(a[n], 1):.1f} %"
+    return (f"{label}: the first forward of a block committed {pct('tokens_first', 'tokens')} of the "
+            f"{a['tokens']:,} answer tokens, {pct('errors_first', 'errors')} of the {a['errors']:,} "
+            f"errors and {pct('root_first', 'root')} of the {a['root']:,} root errors; {a['survived']:,} "
+            f"positions stayed masked after a step, mean alpha {a['alpha_sum'] / max(a['survived'], 1):.3f} "
+            f"(above 0.1 at {pct('alpha_high', 'survived')})")
+
+
+# -----------------------------------------------------------------------------
 # Running
 
 
@@ -268,14 +385,16 @@ def score(task, batch, outputs, args):
 
 def run_setting(net, tok, records, s, args, done, log, bar):
     """Generate and score every record of one setting, in batches, appending each result to `log`."""
-    todo = [r for r in records if (s["name"], r["id"]) not in done]
+    todo = [r for r in records if (s["name"], r["id"]) not in done  # --anatomy redoes a sample logged without
+            or args.anatomy and "anatomy" not in done[(s["name"], r["id"])]]  # its counts
     for i in range(0, len(todo), args.batch_size):
         batch = todo[i:i + args.batch_size]
         prompts = [tok.encode_chat(tasks.prompt_messages(args.task, r)) for r in batch]  # content stays text
         torch.manual_seed(args.seed)
+        anatomy = anatomy_for(args, net, tok, s, batch)
         compiling = compile_seconds(net, s.get("reference"))
         try:
-            x, stats = METHODS[s["method"]](net, prompts, s)
+            x, stats = METHODS[s["method"]](net, prompts, {**s, "watch": anatomy} if anatomy else s)
             stats["seconds"] -= compile_seconds(net, s.get("reference")) - compiling  # not decoding
         except ValueError as e:  # a decoder refusing these settings (lengths, steps, budget): one line
             raise SystemExit(f"--method {s['method']} ({s['name']}): {e}") from None
@@ -288,6 +407,8 @@ def run_setting(net, tok, records, s, args, done, log, bar):
                    "tokens": stats["gen_tokens"][j], "seconds": stats["seconds"] / len(batch)}
             if "alpha_mean" in stats:  # rcd: its batch's mean residual weight over the masked positions
                 row["alpha"] = stats["alpha_mean"]
+            if anatomy:
+                row["anatomy"] = anatomy.counts[j]
             log.write(json.dumps(row) + "\n")
             done[(s["name"], r["id"])] = row
         log.flush()
@@ -298,11 +419,14 @@ def summarize(rows, task, label, s, n_expected):
     nfe, tokens = sum(r["nfe"] for r in rows), sum(r["tokens"] for r in rows)
     sec, n = sum(r["seconds"] for r in rows), max(1, len(rows))
     alpha = rows and all("alpha" in r for r in rows)
+    anatomy = {k: sum(r["anatomy"][k] for r in rows) for k in ANATOMY} if rows and all(
+        "anatomy" in r for r in rows) else None
     return {"task": task, "method": s["method"], "model": label, "setting": s["name"], "n": len(rows),
             "accuracy": 100.0 * sum(r["correct"] for r in rows) / n, "nfe": nfe / n, "tokens": tokens / n,
             "tokens_per_forward": tokens / max(1, nfe), "seconds": sec,
             "ms_per_forward": 1000 * sec / max(1, nfe), "complete": len(rows) == n_expected,
-            **({"alpha_mean": sum(r["alpha"] for r in rows) / n} if alpha else {})}
+            **({"alpha_mean": sum(r["alpha"] for r in rows) / n} if alpha else {}),
+            **({"anatomy": anatomy} if anatomy else {})}
 
 
 def paired(base, new):
@@ -581,6 +705,8 @@ def report(args, runs, rows, header, correct):
     lines = [f"{r['model']} {r['setting']}: mean residual weight alpha {r['alpha_mean']:.4f} (over the "
              "masked positions RCD computed; each batch's mean, averaged over the problems)"
              for r in rows if "alpha_mean" in r]
+    lines += [anatomy_line(f"{label} with {r['model']} at {r['setting']}", r["anatomy"])
+              for r, label in zip(rows, labels) if args.anatomy and "anatomy" in r]
     lines += compare(rows, name, correct) if name is not None else []
     print("\n" + "\n".join(lines) if lines else "")
     if len(rows) > 1:
@@ -693,6 +819,10 @@ def add_beyond_paper_args(ap):
     g.add_argument("--alpha-scale", type=float, default=1.0,
                    help="rcd: alpha = clip(scale * H / log V, 0, 1) (1 = the paper); use the scale the model "
                         "was trained with (train_residual.py --alpha-scale)")
+    g.add_argument("--anatomy", action="store_true",
+                   help="baseline, threshold, rcd on the built-in task: also count the tokens and the errors "
+                        "(tokens unlike the gold solution's) committed in the first forward of a block, and "
+                        "alpha = H / log V where positions stay masked after a step (what RCD can act on)")
     g.add_argument("--remask", choices=REMASK_RULES, default="published",
                    help="mrp-remask: the rule (published, the paper; code_delta, the released code's delta "
                         "veto; leave-one-out re-check by the MRP head or by the backbone, see mrp.py)")
@@ -768,6 +898,9 @@ def check_args(args):
     if args.concentration is not None and args.rcd_init != "dirichlet":
         raise SystemExit("--concentration is the Dirichlet start's parameter: give it with --rcd-init "
                          "dirichlet")
+    if args.anatomy and (args.task != "tiny" or args.method not in ANATOMY_METHODS):
+        raise SystemExit(f"--anatomy: for --method {', '.join(ANATOMY_METHODS)} on the built-in task (--task "
+                         "tiny), whose solutions are exact token for token")
     if args.compare and args.no_compare:
         raise SystemExit("--compare and --no-compare contradict each other: give one")
     if refusal := tasks.code_exec_refusal(args.task, args.allow_code_exec):  # not a 0 % score
