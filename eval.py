@@ -117,10 +117,10 @@ def decode_rcd(model, prompts, s):
     test problems. It is the fairest test because a fixed quota commits only part of a block in its first
     forward, the one forward without a residual (and on these models none of the errors), so every error is
     committed with the previous step's residual at hand. Threshold decoding (`--thresholds`, the second
-    view) commits 80 to 97 % of the answer and nearly every first error in that first forward, leaving RCD
-    nothing to act on (RESULTS.md, RCD; `--anatomy` shows it). The LLaDA-format pair at a fixed quota in one
-    block (the paper's LLaDA layout) gives the same verdict, slower: its quota spends the first steps on the
-    end-of-text padding."""
+    view) commits 78 to 99 % of the answer in that first forward, and at thresholds 0.3 and 0.5 97 to 100 %
+    of the first errors, leaving RCD nothing to act on (RESULTS.md, RCD; `--anatomy` shows it). The
+    LLaDA-format pair at a fixed quota in one block (the paper's LLaDA layout) gives the same verdict,
+    slower: its quota spends the first steps on the end-of-text padding."""
     import residual
     return residual.decode_rcd(model, prompts, gen_length=s["gen_length"], block_length=s["block_length"],
                                steps=s["steps"], threshold=s["threshold"], t_res=s["t_res"],
