@@ -220,21 +220,23 @@ class Residual:
 
 def decode_rcd(model, prompt, *, gen_length, block_length, steps=None, threshold=None, t_res=1.0,
                alpha_scale=1.0, init="zero", reference=None, concentration=1.0, source="self", cache=None,
-               **kw):
+               wrap=None, **kw):
     """RCD decoding with the family's decoder: LLaDA's generate (threshold and caches included) or SDAR's
     block_generate (dynamic threshold included). Returns (x, stats) with `ref_forwards` / `self_forwards` and
-    the residual weights computed at masked positions: `alpha_mean`, `alpha_above_0.1` (a fraction)."""
+    the residual weights computed at masked positions: `alpha_mean`, `alpha_above_0.1` (a fraction).
+    wrap(forward) -> forward: an outer hook around RCD's (eval.py --anatomy watches the forwards with it)."""
     hook = Residual(model, t_res, alpha_scale, init, reference, concentration, source)
+    forward = wrap(hook) if wrap else hook
     if model.config.family == "llada":
         x, stats = decode.generate(model, prompt, steps=steps or gen_length, gen_length=gen_length,
-                                   block_length=block_length, threshold=threshold, cache=cache, forward=hook,
-                                   **kw)
+                                   block_length=block_length, threshold=threshold, cache=cache,
+                                   forward=forward, **kw)
     else:
         if cache is not None:
             raise ValueError("cache: SDAR always decodes with its exact KV cache")
         x, stats = decode.block_generate(model, prompt, gen_length=gen_length, block_length=block_length,
                                          denoising_steps=steps or block_length, threshold=threshold or 1.0,
-                                         forward=hook, **kw)
+                                         forward=forward, **kw)
     (total, above), n = hook.alpha_sum.tolist(), max(hook.alpha_n, 1)
     return x, {**stats, **hook.stats, "alpha_mean": total / n, "alpha_above_0.1": above / n}
 
