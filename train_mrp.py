@@ -5,8 +5,9 @@ kd_diff_sum, the training branch of src/models/SDAR-1.7B-MRP/modeling_sdar_mrp.p
 on the built-in task, in minutes on this CPU; the same code on GPUs (train.py's loop: torchrun DDP). The
 module, its loading and its decoders are mrp.py.
 
-  python train_mrp.py train --backbone models/tiny-sdar --out models/tiny-sdar-mrp
-  python train_mrp.py train --backbone models/tiny-sdar --layers 1 --out models/tiny-sdar-mrp-1lyr
+  python train_mrp.py train --backbone models/tiny-sdar --out runs/tiny-sdar-mrp
+  python train_mrp.py train --backbone models/tiny-sdar --layers 1 --out runs/tiny-sdar-mrp-1lyr
+  (the committed models/tiny-sdar-mrp* were made so; writing into models/ needs --overwrite)
   python train_mrp.py kl --model models/tiny-sdar-mrp          (a diagnostic, beyond the paper: see below)
 
 Per block one ground-truth reveal per step (gt_topk = 1) in the SDAR training layout [x_t | x_0]; teacher B =
@@ -26,7 +27,6 @@ Beyond the paper (after its code, at the end of this file; off by default):
 """
 import argparse
 import copy
-import os
 import time
 
 import torch
@@ -105,9 +105,25 @@ def new_head(args, backbone, device):
     return mrp
 
 
+def run_settings(args, world):
+    """(state folder, resume?) for this run, checked before anything loads or is written: --out may not
+    hold another model or a committed one without --overwrite, and a resume must have the same settings."""
+    inputs = [("--backbone", train.or_exit(M.resolve, args.backbone))]
+    if args.init:
+        inputs.append(("--init", train.or_exit(M.resolve, args.init)))
+    settings = {"command": "train_mrp.py", "world": world,
+                **{flag[2:]: train.fingerprint(path) for flag, path in inputs},
+                **{k: getattr(args, k) for k in ("seed", "lr", "steps", "batch_size", "length",
+                                                 "block_size", "layers", "mrp_steps", "reveals",
+                                                 "reveal_from", "init_std")}}
+    state, resume = train.claim_out(args.out, settings, args.overwrite, args.fresh, inputs)
+    return state, resume, settings
+
+
 def main_train(args):
     rank, world, device = train.setup_distributed(args.device)
-    backbone = M.from_pretrained(args.backbone, device=device, dtype=torch.float32)
+    state, resume, settings = run_settings(args, world)
+    backbone = train.or_exit(M.from_pretrained, args.backbone, device, torch.float32)
     backbone.requires_grad_(False)
     if backbone.config.family != "sdar":
         raise SystemExit(f"{args.backbone}: MRP needs an SDAR (block-diffusion) backbone")
@@ -117,7 +133,8 @@ def main_train(args):
     mrp = new_head(args, backbone, device)
     print(f"MRP head: {sum(p.numel() for p in mrp.parameters()):,} parameters on a frozen "
           f"{sum(p.numel() for p in backbone.parameters()):,}-parameter backbone; K = {args.mrp_steps}")
-    os.makedirs(args.out, exist_ok=True)
+    if rank == 0:
+        train.begin_run(state, settings, resume)
     model = train.parallelize(mrp.to(device), world)
     opt = train.make_optimizer(model, args.lr, weight_decay=0.0)
     held_out = {r["question"] for split in ("test", "dev") for r in tasks.tiny_records(split)}
@@ -131,7 +148,7 @@ def main_train(args):
     def loss(ids, pm, i):
         return mrp_loss(backbone, model, ids, pm, gen, L, args.mrp_steps, reveals, args.reveal_from)
     t0 = time.time()
-    train.train(model, opt, args.steps, args.lr, max(1, args.steps * 3 // 100), args.out, batch, loss,
+    train.train(model, opt, args.steps, args.lr, max(1, args.steps * 3 // 100), state, batch, loss,
                 args.save_every, "train mrp", 1, rank, world, device)
     if rank == 0:
         save_mrp(backbone.to(torch.bfloat16), train.unwrapped(model).to(torch.bfloat16), args.out,
@@ -179,8 +196,13 @@ def main_kl(args, backbone, mrp):
 def train_parser(sub):
     t = sub.add_parser("train", help="train an MRP head on a frozen SDAR backbone (the built-in task)")
     t.add_argument("--backbone", default="models/tiny-sdar", help="SDAR checkpoint folder or repo id")
-    t.add_argument("--out", default="models/tiny-sdar-mrp",
-                   help="output folder (official MRP checkpoint layout)")
+    t.add_argument("--out", default="runs/tiny-sdar-mrp",
+                   help="output folder (official MRP checkpoint layout); a folder holding another model, or "
+                        "a committed one under models/, only with --overwrite")
+    t.add_argument("--overwrite", action="store_true",
+                   help="write into --out even though it holds another model, a committed embedded model "
+                        "(models/), other files or a run with other settings")
+    t.add_argument("--fresh", action="store_true", help="start this run over instead of resuming it")
     t.add_argument("--layers", type=int, default=3, help="MRP decoder layers (the released heads: 3)")
     t.add_argument("--mrp-steps", type=int, default=1,
                    help="K chained reveals per training step (released: 1, k2: 2)")
@@ -233,4 +255,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    train.interrupted(main)

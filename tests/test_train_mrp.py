@@ -81,6 +81,29 @@ def test_train_init_goes_on_from_a_trained_head(tmp_path, monkeypatch):
         assert torch.equal(a, b)  # both bf16 on disk: the step moved nothing a bf16 weight can hold
 
 
+def test_training_never_writes_over_a_committed_or_another_model(tmp_path, monkeypatch):
+    """The default --out is under runs/; a committed embedded model, another model's folder or the backbone
+    itself is refused in one line before anything loads, and nothing there changes."""
+    committed = os.path.join(ROOT, "models", "tiny-sdar-mrp")
+    before = {n: os.path.getmtime(os.path.join(committed, n)) for n in os.listdir(committed)}
+    for out, message in ((committed, "committed embedded models"),
+                         (os.path.join(ROOT, "models", "tiny-sdar"), "is also --backbone")):
+        monkeypatch.setattr("sys.argv", ["train_mrp.py", "train", "--out", out, "--steps", "1"])
+        with pytest.raises(SystemExit, match=message) as e:
+            T.main()
+        assert "\n" not in str(e.value)
+    assert {n: os.path.getmtime(os.path.join(committed, n)) for n in os.listdir(committed)} == before
+    monkeypatch.setattr("sys.argv", ["train_mrp.py", "train", "--help"])
+    with pytest.raises(SystemExit):
+        T.main()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text('{"model_type": "llada"}')
+    monkeypatch.setattr("sys.argv", ["train_mrp.py", "train", "--out", str(other), "--steps", "1"])
+    with pytest.raises(SystemExit, match="holds a llada model; pass --overwrite"):
+        T.main()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["kl", "--model", os.path.join(ROOT, "models", "tiny-sdar")], "no mrp_modules"),
     (["kl", "--reveals", "1,x"], "expected comma-separated integers"),
