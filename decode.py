@@ -652,17 +652,10 @@ def parse_args():
     return ap.parse_args()
 
 
-def or_exit(fn, *args, **kwargs):
-    """fn(...), with bad input (a checkpoint, a tokenizer, an argument) ending the program in one line."""
-    try:
-        return fn(*args, **kwargs)
-    except (KeyError, ValueError, OSError) as e:
-        raise SystemExit(str(e.args[0] if e.args else e)) from None
-
-
 def main():
     import model as model_lib
     import tokenizer as tokenizer_lib
+    or_exit = model_lib.or_exit
     args = parse_args()
     torch.manual_seed(args.seed)
     dtype = getattr(torch, args.dtype) if args.dtype else None

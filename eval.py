@@ -84,10 +84,10 @@ def decode_baseline(model, prompts, s):
     if model.config.family == "llada":
         return decode.generate(model, prompts, steps=s["steps"] or s["gen_length"],
                                gen_length=s["gen_length"], block_length=s["block_length"],
-                               temperature=s["temperature"], cache=s["cache"])
+                               temperature=s["temperature"], cache=s["cache"], **watched(s))
     return decode.block_generate(model, prompts, gen_length=s["gen_length"], block_length=s["block_length"],
                                  denoising_steps=s["steps"] or s["block_length"],
-                                 temperature=s["temperature"])
+                                 temperature=s["temperature"], **watched(s))
 
 
 def decode_threshold(model, prompts, s):
@@ -96,10 +96,11 @@ def decode_threshold(model, prompts, s):
         raise SystemExit(f"--method {s['method']} needs --thresholds (e.g. 0.5,0.7,0.9)")
     if model.config.family == "llada":
         return decode.generate(model, prompts, gen_length=s["gen_length"], block_length=s["block_length"],
-                               threshold=s["threshold"], temperature=s["temperature"], cache=s["cache"])
+                               threshold=s["threshold"], temperature=s["temperature"], cache=s["cache"],
+                               **watched(s))
     return decode.block_generate(model, prompts, gen_length=s["gen_length"], block_length=s["block_length"],
                                  denoising_steps=s["steps"] or s["block_length"], threshold=s["threshold"],
-                                 temperature=s["temperature"])
+                                 temperature=s["temperature"], **watched(s))
 
 
 def cached(cache):
@@ -115,14 +116,26 @@ def cached(cache):
 
 
 def decode_rcd(model, prompts, s):
-    """Residual Context Diffusion (residual.py) with the family's decoder and the threshold, if any."""
+    """Residual Context Diffusion (residual.py) with the family's decoder and the threshold, if any.
+
+    The default run, `python eval.py --method rcd`, is the paper's own test: accuracy against the number of
+    denoising steps (its Fig. 4; its headline and Table 1 are SDAR). The SDAR-format pair decodes in the
+    blocks of 32 it was trained with (the paper's b32) at 8, 4 and 2 steps per block, a fixed quota of 4, 8
+    and 16 tokens per step, RCD with v2's cold start against SeqD decoded the same way, paired over the 500
+    test problems. It is the fairest test because a fixed quota commits only part of a block in its first
+    forward, the one forward without a residual (and on these models none of the errors), so every error is
+    committed with the previous step's residual at hand. Threshold decoding (`--thresholds`, the second
+    view) commits 78 to 99 % of the answer in that first forward, and at thresholds 0.3 and 0.5 97 to 100 %
+    of the first errors, leaving RCD nothing to act on (RESULTS.md, RCD; `--anatomy` shows it). The
+    LLaDA-format pair at a fixed quota in one block (the paper's LLaDA layout) gives the same verdict,
+    slower: its quota spends the first steps on the end-of-text padding."""
     import residual
     return residual.decode_rcd(model, prompts, gen_length=s["gen_length"], block_length=s["block_length"],
                                steps=s["steps"], threshold=s["threshold"], t_res=s["t_res"],
                                alpha_scale=s["alpha_scale"], init=s["rcd_init"],
                                reference=s.get("reference"), concentration=s["concentration"],
                                source=s["rcd_source"], cache=s["cache"],
-                               temperature=s["temperature"])
+                               temperature=s["temperature"], **watched(s, rcd=True))
 
 
 MRP_MODES = {"direct": "1 + K tokens per backbone forward, unverified (lossy)",
@@ -170,15 +183,15 @@ METHOD_KNOBS = {"rcd": ("t_res", "rcd_init"), "mrp-direct": ("mrp_steps",), "mrp
 ELASTIC_LAYOUT = {"sampler": "stride", "terminal": True, "window": 0}
 # A research method is reported next to the plain decoder it improves on, at the same settings: which one,
 # on which checkpoint by default ("same": the method's own), and the defaults of `python eval.py --method X`.
-COUNTERPART = {"rcd": ("threshold", os.path.join(HERE, "models", "tiny-llada-seqd")),
+COUNTERPART = {"rcd": ("baseline", os.path.join(HERE, "models", "tiny-sdar-seqd")),
                "mrp-direct": ("baseline", "same"), "mrp-spec": ("baseline", "same"),
                "mrp-remask": ("threshold", "same"), "elastic": ("baseline", "same")}
 # What the table calls a counterpart: RCD's is SeqD, the same fine-tuning without residuals (the paper's).
 COUNTERPART_NAME = {"rcd": "SeqD"}
-# rcd: the LLaDA-format pair in one block of 56, where parallel decoding costs accuracy (README, "Results";
-# the SDAR-format pair is models/tiny-sdar-rcd with --compare models/tiny-sdar-seqd).
-DEFAULTS = {"rcd": dict(model=os.path.join(HERE, "models", "tiny-llada-rcd"), thresholds="0.3,0.5,0.7,0.9",
-                        block_length=56),
+# rcd: the SDAR-format pair in its blocks of 32 at 8, 4 and 2 steps per block, a fixed quota per step (why
+# this is the fair test: decode_rcd). Applied with the default model only; the LLaDA-format pair is
+# models/tiny-llada-rcd with --compare models/tiny-llada-seqd (RESULTS.md, RCD).
+DEFAULTS = {"rcd": dict(model=os.path.join(HERE, "models", "tiny-sdar-rcd"), steps="8,4,2"),
             "mrp-direct": dict(model=os.path.join(HERE, "models", "tiny-sdar-mrp")),
             "mrp-spec": dict(model=os.path.join(HERE, "models", "tiny-sdar-mrp")),
             "mrp-remask": dict(model=os.path.join(HERE, "models", "tiny-sdar-mrp-remask-long"),
@@ -204,12 +217,128 @@ def load(path, method, args, device, dtype):
 @functools.lru_cache(maxsize=None)
 def checkpoint_folder(path):
     """model.resolve, once a run (for a repo id it asks the Hub), its refusal in one line."""
-    return decode.or_exit(model_lib.resolve, path)
+    return model_lib.or_exit(model_lib.resolve, path)
 
 
 def compile_seconds(*models):
     """Seconds spent so far in forwards that compiled (0 without --compile): not decoding time."""
     return sum(getattr(m, "compile_seconds", 0.0) for m in models)
+
+
+# -----------------------------------------------------------------------------
+# Beyond the papers: the error anatomy of a run (--anatomy, this project's diagnostic)
+
+ANATOMY = ("tokens", "tokens_first", "errors", "errors_first", "root", "root_first", "survived", "alpha_sum",
+           "alpha_high")
+ANATOMY_METHODS = ("baseline", "threshold", "rcd")  # their decoders take forward= and on_step= as they are
+
+
+class Anatomy:
+    """Where a run commits its tokens and its errors, and how much residual RCD has at hand there. For one
+    batch of the built-in task, whose solutions are unique and laid out token for token: an error is a
+    committed token of the gold answer (train.py's layout, end-of-turn token included) that differs from it.
+    `wrap(forward)` watches the decoder's forwards (which columns were masks, and each one's prediction);
+    `on_step` sees what the step committed. Per problem (`counts`) it adds up
+      tokens, errors     committed in the gold answer, and how many of them in the first forward of their
+                         block (the forward that has no residual yet under RCD's cold start);
+      root errors        the errors of the problem's first step that commits any (later ones may follow from
+                         them), and how many of those in a first forward;
+      survived, alpha    positions of the block being decoded that stay masked after a step, and alpha =
+                         H / log V (Eq. 3) of that step's prediction there: the weight of the residual RCD
+                         feeds the next forward (for a plain decoder: what RCD would feed).
+    Blocks are the decoders': LLaDA's counted from the first generated column, SDAR's aligned to column 0
+    of the canvas (each prompt is shifted by whole blocks)."""
+
+    def __init__(self, gold, family, block_length, mask_id):
+        self.gold, self.family, self.block_length, self.mask_id = gold, family, block_length, mask_id
+        self.counts = [dict.fromkeys(ANATOMY, 0) for _ in gold]
+        self.start = self.fed = self.gold_ids = self.blocks = None
+        self.seen, self.erred = set(), set()
+
+    def wrap(self, forward):
+        """The decoder's forward, watched: the columns it fed, which were masks, and alpha at those."""
+        import residual
+
+        def watched(model, ids, *args, cache_start=0, **kw):
+            out = forward(model, ids, *args, cache_start=cache_start, **kw)
+            masks = ids == self.mask_id  # a new tensor: the canvas is written in place after the forward
+            if masks.any():
+                if self.start is None:  # the first forward with masks: each row's first generated column
+                    self.start = (cache_start + masks.int().argmax(1)).tolist()
+                logits = out[0] if isinstance(out, tuple) else out
+                alpha = torch.zeros(masks.shape, device=ids.device)
+                alpha[masks] = residual.entropy_weight(logits[masks])
+                self.fed = (torch.arange(cache_start, cache_start + ids.shape[1], device=ids.device), masks,
+                            alpha)
+            return out
+        return watched
+
+    def layout(self, x):
+        """Gold ids over the canvas (-1 off the answer) and each column's block, once the canvas is known."""
+        B, T = x.shape
+        self.gold_ids = torch.full((B, T), -1, dtype=torch.long, device=x.device)
+        for r, (s, g) in enumerate(zip(self.start, self.gold)):
+            n = min(len(g), T - s)
+            self.gold_ids[r, s:s + n] = torch.tensor(g[:n], device=x.device)
+        origin = torch.tensor(self.start, device=x.device)[:, None] if self.family == "llada" else 0
+        cols = torch.arange(T, device=x.device).expand(B, T)
+        self.blocks = torch.div(cols - origin, self.block_length, rounding_mode="floor")
+
+    def on_step(self, x):
+        if self.gold_ids is None:
+            self.layout(x)
+        cols, was, alpha = self.fed
+        now = x[:, cols]
+        new, kept = was & (now != self.mask_id), was & (now == self.mask_id)
+        gold, blocks = self.gold_ids[:, cols], self.blocks[:, cols]
+        answer = new & (gold >= 0)
+        wrong = answer & (now != gold)
+        for r, c in enumerate(self.counts):
+            if not new[r].any():  # done, or stopped: nothing committed
+                continue
+            block = int(blocks[r][new[r]].min())
+            first = (r, block) not in self.seen
+            self.seen.add((r, block))
+            tokens, errors = int(answer[r].sum()), int(wrong[r].sum())
+            root = errors if r not in self.erred else 0
+            if errors:
+                self.erred.add(r)
+            survived = alpha[r][kept[r] & (blocks[r] == block)]
+            for k, v in (("tokens", tokens), ("errors", errors), ("root", root)):
+                c[k] += v
+                c[k + "_first"] += v if first else 0
+            c["survived"] += len(survived)
+            c["alpha_sum"] += float(survived.sum())
+            c["alpha_high"] += int((survived > 0.1).sum())
+
+
+def anatomy_for(args, net, tok, s, batch):
+    """An Anatomy for this batch with --anatomy, else None."""
+    if not args.anatomy:
+        return None
+    import train
+    gold = [train.encode(tok, r["question"], r["answer"], s["family"])[1] for r in batch]
+    return Anatomy(gold, s["family"], s["block_length"], net.config.mask_token_id)
+
+
+def watched(s, rcd=False):
+    """The decoder keywords that let a batch's Anatomy (s["watch"]) watch it, none without --anatomy: the
+    forward wrapped (RCD's is made inside residual.decode_rcd, which takes the wrapper) and the callback."""
+    a = s.get("watch")
+    if a is None:
+        return {}
+    return {"wrap": a.wrap, "on_step": a.on_step} if rcd else {"forward": a.wrap(decode.model_forward),
+                                                               "on_step": a.on_step}
+
+
+def anatomy_line(label, a):
+    """One setting's anatomy, summed over its problems, in words."""
+    pct = lambda k, n: f"{100 * a[k] / max(a[n], 1):.1f} %"
+    return (f"{label}: the first forward of a block committed {pct('tokens_first', 'tokens')} of the "
+            f"{a['tokens']:,} answer tokens, {pct('errors_first', 'errors')} of the {a['errors']:,} "
+            f"errors and {pct('root_first', 'root')} of the {a['root']:,} root errors; {a['survived']:,} "
+            f"positions stayed masked after a step, mean alpha {a['alpha_sum'] / max(a['survived'], 1):.3f} "
+            f"(above 0.1 at {pct('alpha_high', 'survived')})")
 
 
 # -----------------------------------------------------------------------------
@@ -318,12 +447,15 @@ def encode(tok, task, record):
         return one_line(f"prompt: cannot be encoded ({type(e).__name__}: {e})")
 
 
-def decode_group(net, tok, group, prompts, s, args):
-    """{j: result} for the prompts of `group` decoded together: output text, forwards, tokens, seconds (and
-    rcd's alpha), or the one-line reason an output cannot be read back."""
+def decode_group(net, tok, batch, group, prompts, s, args):
+    """{j: result} for the prompts of batch[j] for j in `group`, decoded together: output text, forwards,
+    tokens, seconds (and rcd's alpha, --anatomy's counts), or the one-line reason an output cannot be read
+    back."""
     torch.manual_seed(args.seed)
+    anatomy = anatomy_for(args, net, tok, s, [batch[j] for j in group])
     compiling = compile_seconds(net, s.get("reference"))
-    x, stats = METHODS[s["method"]](net, [prompts[j] for j in group], s)
+    setting = {**s, "watch": anatomy} if anatomy else s
+    x, stats = METHODS[s["method"]](net, [prompts[j] for j in group], setting)
     seconds = stats["seconds"] - (compile_seconds(net, s.get("reference")) - compiling)  # not decoding
     results = {}
     for i, j in enumerate(group):
@@ -337,6 +469,8 @@ def decode_group(net, tok, group, prompts, s, args):
                       "seconds": seconds / len(group)}
         if "alpha_mean" in stats:  # rcd: its batch's mean residual weight over the masked positions
             results[j]["alpha"] = stats["alpha_mean"]
+        if anatomy:
+            results[j]["anatomy"] = anatomy.counts[i]
     return results
 
 
@@ -353,7 +487,7 @@ def generate_batch(net, tok, batch, s, args):
         if not group:
             continue
         try:
-            results.update(decode_group(net, tok, group, results, s, args))
+            results.update(decode_group(net, tok, batch, group, results, s, args))
         except ValueError as e:
             if not one_line(e).startswith("prompt"):
                 raise SystemExit(f"--method {s['method']} ({s['name']}): {one_line(e)}") from None
@@ -370,7 +504,9 @@ def run_setting(net, tok, records, s, args, done, log, bar):
     one; a record without a result (generate_batch) gets an error record, scored wrong."""
     for i in range(0, len(records), args.batch_size):
         batch = records[i:i + args.batch_size]
-        new = [j for j, r in enumerate(batch) if (s["name"], r["id"]) not in done]
+        logged = [done.get((s["name"], r["id"])) for r in batch]  # --anatomy redoes a sample logged without
+        new = [j for j, row in enumerate(logged)  # its counts (an error record has none to give)
+               if row is None or args.anatomy and not {"anatomy", "error"} & set(row)]
         if not new:
             continue
         results = generate_batch(net, tok, batch, s, args)
@@ -397,12 +533,16 @@ def summarize(rows, task, label, s, n_expected):
     sec, n = sum(r["seconds"] for r in rows), max(1, len(rows))
     alpha = [r["alpha"] for r in rows if "alpha" in r]
     errors = [r["error"] for r in rows if "error" in r]
+    run = [r for r in rows if "error" not in r]
+    anatomy = {k: sum(r["anatomy"][k] for r in run) for k in ANATOMY} if run and all(
+        "anatomy" in r for r in run) else None
     return {"task": task, "method": s["method"], "model": label, "setting": s["name"], "n": len(rows),
             "accuracy": 100.0 * sum(r["correct"] for r in rows) / n, "nfe": nfe / n, "tokens": tokens / n,
             "tokens_per_forward": tokens / max(1, nfe), "seconds": sec,
             "ms_per_forward": 1000 * sec / max(1, nfe), "complete": len(rows) == n_expected,
             "errors": len(errors), **({"first_error": errors[0]} if errors else {}),
-            **({"alpha_mean": sum(alpha) / len(alpha)} if alpha else {})}
+            **({"alpha_mean": sum(alpha) / len(alpha)} if alpha else {}),
+            **({"anatomy": anatomy} if anatomy else {})}
 
 
 def paired(base, new):
@@ -523,7 +663,7 @@ def method_knobs(method, base):
 def run_one(args, runs, path, method, net, extras, records, info, rank, world):
     """One (checkpoint, method) of the plan: every setting over this rank's share of the problems, resumed
     from its log. Returns the settings' summaries, {setting: {id: correct}}, a header and the base setting."""
-    tok = decode.or_exit(load_tokenizer, checkpoint_folder(path))
+    tok = model_lib.or_exit(load_tokenizer, checkpoint_folder(path))
     base, settings = settings_for(args, path, method, net, extras, world)
     shard, family, dtype = records[rank::world], net.config.family, net.lm_head.weight.dtype
     samples = samples_path(args, runs, path, method, rank, world)
@@ -570,12 +710,12 @@ def run(args, runs):
     if args.device is None and torch.cuda.is_available():
         device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    records, info = decode.or_exit(tasks.load_records, args.task, args.data, args.limit)
+    records, info = model_lib.or_exit(tasks.load_records, args.task, args.data, args.limit)
     rows, header, loaded, correct = [], None, {}, {}
     for path, method in runs:
         how = args.method if path == args.model else method  # an MRP checkpoint's backbone serves both runs
         if (path, how) not in loaded:
-            loaded[(path, how)] = decode.or_exit(load, path, how, args, device, dtype)  # bad files: one line
+            loaded[(path, how)] = model_lib.or_exit(load, path, how, args, device, dtype)  # bad files: a line
         net, extras = loaded[(path, how)]
         run_rows, correct[(path, method)], run_header, base = run_one(args, runs, path, method, net, extras,
                                                                       records, info, rank, world)
@@ -706,6 +846,8 @@ def report(args, runs, rows, header, correct):
     lines = [f"{r['model']} {r['setting']}: mean residual weight alpha {r['alpha_mean']:.4f} (over the "
              "masked positions RCD computed; each batch's mean, averaged over the problems)"
              for r in rows if "alpha_mean" in r]
+    lines += [anatomy_line(f"{label} with {r['model']} at {r['setting']}", r["anatomy"])
+              for r, label in zip(rows, labels) if args.anatomy and "anatomy" in r]
     lines += compare(rows, name, correct) if name is not None else []
     lines += [f"{r['model']} {r['setting']}: {r['errors']} of {r['n']} problems could not be run and count "
               f"as wrong (the log's \"error\" field says why; the first: {r['first_error']})"
@@ -755,7 +897,7 @@ def add_run_args(ap):
     g.add_argument("--compare", default=None,
                    help="run a research method's counterpart (the plain decoder it improves on) on this "
                         "checkpoint ('same' = the method's own; default: the method's own checkpoint, and "
-                        "for rcd with its default model the embedded SeqD model, models/tiny-llada-seqd)")
+                        "for rcd with its default model the embedded SeqD model, models/tiny-sdar-seqd)")
     g.add_argument("--no-compare", action="store_true", help="run a research method alone")
 
 
@@ -766,13 +908,13 @@ def add_decoding_args(ap):
                         ", ".join(f"{k} {v}" for k, v in GEN_LENGTH.items()) + ")")
     g.add_argument("--block-length", type=int, default=None,
                    help="block length (default: the checkpoint's block size for SDAR; for LLaDA 8 on the "
-                        "built-in task, 32 otherwise, and 56 for rcd with its default model)")
+                        "built-in task, 32 otherwise)")
     g.add_argument("--steps", default=None,
                    help="comma-separated sweep: LLaDA total steps, SDAR steps per block (default: one "
-                        "token per step)")
+                        "token per step; rcd with its default model and no --thresholds: 8,4,2)")
     g.add_argument("--thresholds", default=None,
                    help="comma-separated sweep of confidence thresholds, e.g. 0.5,0.7,0.9 (default: none; "
-                        "rcd and mrp-remask: 0.3,0.5,0.7,0.9)")
+                        "mrp-remask: 0.3,0.5,0.7,0.9)")
     g.add_argument("--cache", choices=["prefix", "dual"], default=None,
                    help="Fast-dLLM cache for LLaDA methods")
     g.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
@@ -821,6 +963,10 @@ def add_beyond_paper_args(ap):
     g.add_argument("--alpha-scale", type=float, default=1.0,
                    help="rcd: alpha = clip(scale * H / log V, 0, 1) (1 = the paper); use the scale the model "
                         "was trained with (train_residual.py --alpha-scale)")
+    g.add_argument("--anatomy", action="store_true",
+                   help="baseline, threshold, rcd on the built-in task: also count the tokens and the errors "
+                        "(tokens unlike the gold solution's) committed in the first forward of a block, and "
+                        "alpha = H / log V where positions stay masked after a step (what RCD can act on)")
     g.add_argument("--remask", choices=REMASK_RULES, default="published",
                    help="mrp-remask: the rule (published, the paper; code_delta, the released code's delta "
                         "veto; leave-one-out re-check by the MRP head or by the backbone, see mrp.py)")
@@ -920,6 +1066,8 @@ def check_args(args):
     args.thresholds = args.thresholds or defaults.get("thresholds")
     if args.model == defaults.get("model"):
         args.block_length = args.block_length or defaults.get("block_length")
+        if not args.thresholds:  # a threshold sweep is the method's other view: its own steps
+            args.steps = args.steps or defaults.get("steps")
     if not args.t_res > 0:
         raise SystemExit(f"--t-res {args.t_res}: must be > 0")
     if not args.alpha_scale >= 0:
@@ -933,6 +1081,9 @@ def check_args(args):
     if args.concentration is not None and args.rcd_init != "dirichlet":
         raise SystemExit("--concentration is the Dirichlet start's parameter: give it with --rcd-init "
                          "dirichlet")
+    if args.anatomy and (args.task != "tiny" or args.method not in ANATOMY_METHODS):
+        raise SystemExit(f"--anatomy: for --method {', '.join(ANATOMY_METHODS)} on the built-in task (--task "
+                         "tiny), whose solutions are exact token for token")
     if args.compare and args.no_compare:
         raise SystemExit("--compare and --no-compare contradict each other: give one")
     if refusal := tasks.code_exec_refusal(args.task, args.allow_code_exec):  # not a 0 % score

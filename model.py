@@ -849,6 +849,15 @@ def checkpoint_names(folder):
     return names
 
 
+def or_exit(fn, *args, **kwargs):
+    """fn(...) for a command line: bad input (a checkpoint, a tokenizer, an argument; the message names the
+    file or field) ends the program in one line instead of a traceback."""
+    try:
+        return fn(*args, **kwargs)
+    except (KeyError, ValueError, OSError) as e:
+        raise SystemExit(str(e.args[0] if e.args else e)) from None
+
+
 def check_out_folder(out, overwrite=False, inputs=(), flag="--out"):
     """Refuse, in one line and before anything is written, to write a checkpoint into `out` when it holds
     something already: a model (another one, or a committed embedded model under models/) or any other

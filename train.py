@@ -424,12 +424,7 @@ def begin_run(state, settings, resume):
     os.replace(os.path.join(state, "run.json.tmp"), os.path.join(state, "run.json"))
 
 
-def or_exit(load, *args):
-    """A loader's call for a command line: bad input (its message names the file or field) is one line."""
-    try:
-        return load(*args)
-    except (KeyError, ValueError, OSError) as e:
-        raise SystemExit(str(e.args[0] if e.args else e)) from None
+or_exit = M.or_exit  # a loader's call for a command line: bad input is one line
 
 
 def interrupted(main):

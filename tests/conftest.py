@@ -125,9 +125,7 @@ def write_checkpoint(folder, cfg, sd, shards=1):
 # the full suite runs them all. Tests in test_decode.py and test_train_eval.py carry @pytest.mark.slow; these,
 # in files being rewritten elsewhere, are marked here by name until their files carry the marker themselves
 # (test_budgets.py checks that every name still names a test).
-SLOW = {"test_mrp.py": ("test_committed_heads_are_lossless_on_the_builtin_task",
-                        "test_training_loss_learns_and_does_not_touch_the_backbone"),
-        "test_model.py": ("test_cli_smoke", "test_loading_makes_no_second_copy")}
+SLOW = {"test_model.py": ("test_cli_smoke", "test_loading_makes_no_second_copy")}
 
 
 def pytest_collection_modifyitems(items):

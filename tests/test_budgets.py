@@ -8,7 +8,7 @@ import pytest
 
 from conftest import ROOT
 
-FILES = ("decode.py", "eval.py")
+FILES = ("decode.py", "eval.py", "residual.py", "mrp.py", "train_mrp.py", "mask_compress.py", "train_residual.py")
 MAX_FUNCTION_LINES = 60
 MAX_LINE = 110
 

@@ -137,6 +137,29 @@ def test_a_missing_embedded_model_says_how_to_make_it(tmp_path, monkeypatch):
     assert E.EMBEDDED["tiny-sdar-mrp"].startswith("python train_mrp.py train ")  # no longer mrp.py's
 
 
+def test_every_embedded_recipe_is_a_command_its_script_takes(monkeypatch):
+    """The hints name real commands: each step of each EMBEDDED recipe parses with its script's own argparse
+    (stopped right after parsing, so nothing trains)."""
+    import argparse
+    import runpy
+    import eval as E
+
+    class Parsed(Exception):
+        pass
+    parse = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, *a, **k):
+        raise Parsed(parse(self, *a, **k))
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    steps = [step.split() for recipe in E.EMBEDDED.values() for step in recipe.split(", then ")]
+    assert len(steps) == len(E.EMBEDDED) + 2
+    for python, script, *argv in steps:
+        monkeypatch.setattr(sys, "argv", [script, *argv])
+        with pytest.raises(Parsed) as e:
+            runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
+        assert e.value.args[0].out.startswith(("models/", "runs/")), (script, argv)
+
+
 @pytest.mark.parametrize("name", ["zero rope_theta", "missing key", "nan weight"])
 def test_eval_py_names_a_bad_checkpoint_in_one_line(tmp_path, name):
     folder = str(tmp_path / "bad")

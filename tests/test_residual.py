@@ -63,7 +63,8 @@ def test_the_second_step_feeds_the_mix_of_eq_2(llada):
         first = llada(ids)                  # cold start: the first step is the plain forward
         assert torch.equal(hook(llada, ids), first)
         seen = []
-        spy = llada.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["inputs_embeds"]), with_kwargs=True)
+        spy = llada.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["inputs_embeds"]),
+                                              with_kwargs=True)
         try:
             hook(llada, ids)
         finally:
@@ -76,12 +77,79 @@ def test_the_second_step_feeds_the_mix_of_eq_2(llada):
     assert torch.allclose(seen[-1][0], want, atol=1e-6)
 
 
+@pytest.mark.parametrize("kw", [dict(steps=16), dict(threshold=0.05), dict(cache="prefix", steps=16),
+                                dict(cache="dual", threshold=0.05)])
+def test_alpha_zero_is_plain_llada_decoding(llada, kw):
+    prompts = torch.randint(0, 90, (2, 5))
+    plain, _ = D.generate(llada, prompts, gen_length=16, block_length=8, **kw)
+    rcd, stats = R.decode_rcd(llada, prompts, gen_length=16, block_length=8, alpha_scale=0.0, **kw)
+    assert torch.equal(plain, rcd)
+    changed, _ = R.decode_rcd(llada, prompts, gen_length=16, block_length=8, alpha_scale=1.0, t_res=4.0, **kw)
+    assert not torch.equal(plain, changed)  # and with residuals it does change something
+
+
+@pytest.mark.parametrize("threshold", [1.0, 0.2])
+def test_alpha_zero_is_plain_sdar_decoding(sdar, threshold):
+    prompts = [torch.randint(0, 75, (n,)) for n in (3, 7)]
+    plain, _ = D.block_generate(sdar, prompts, gen_length=16, threshold=threshold, stop_ids=[])
+    rcd, _ = R.decode_rcd(sdar, prompts, gen_length=16, block_length=4, threshold=threshold, alpha_scale=0.0,
+                          stop_ids=[])
+    assert torch.equal(plain, rcd)
+
+
+def test_residuals_never_reach_the_kv_cache(sdar):
+    """The forwards that leave K/V behind for later blocks (prefill and store passes: no [MASK] in their
+    input) are fed exactly the hard embeddings; the denoising steps in between do get residuals."""
+    hook, fed, embeds = R.Residual(sdar, t_res=3.0), [], []
+
+    def forward(model, ids, **kw):
+        fed.append(ids.clone())
+        return hook(model, ids, **kw)
+    pre = sdar.register_forward_pre_hook(lambda m, a, kw: embeds.append(kw["inputs_embeds"]),
+                                         with_kwargs=True)
+    D.block_generate(sdar, torch.randint(0, 75, (6,)), gen_length=12, block_length=4, forward=forward,
+                     stop_ids=[])
+    pre.remove()
+    clean = [torch.equal(e, sdar.embed_tokens(i)) for i, e in zip(fed, embeds)
+             if not (i == sdar.config.mask_token_id).any()]
+    mixed = [not torch.equal(e, sdar.embed_tokens(i)) for i, e in zip(fed, embeds)
+             if (i == sdar.config.mask_token_id).any()]
+    assert len(clean) == 5 and all(clean)   # prefill + a store pass for each of the 4 decoded blocks
+    assert any(mixed)
+
+
+def test_warm_start_runs_the_reference_once_per_block(sdar, llada):
+    _, st = R.decode_rcd(sdar, torch.randint(0, 75, (6,)), gen_length=12, block_length=4, init="reference",
+                         reference=sdar, stop_ids=[])
+    # reference: prefill + one warm start per block (blocks at 4, 8, 12, 16 hold masks) + a store pass each
+    assert st["ref_forwards"] == 1 + 4 + 4
+    _, st = R.decode_rcd(llada, torch.randint(0, 90, (5,)), gen_length=16, block_length=8, init="self",
+                         steps=16)
+    assert st["self_forwards"] == 1  # LLaDA's first forward predicts every position at once
+    with pytest.raises(ValueError, match="init 'reference'"):
+        R.Residual(llada, init="reference")
+
+
+def test_stats_report_the_residual_weights_computed(llada):
+    """alpha_mean / alpha_above_0.1 summarise the weights at the masked positions RCD computed: zero when
+    alpha is forced to 0, inside (0, 1] for a random model's spread-out predictions."""
+    prompt = torch.randint(0, 90, (2, 5))
+    _, off = R.decode_rcd(llada, prompt, gen_length=16, block_length=8, steps=8, alpha_scale=0.0)
+    assert off["alpha_mean"] == 0.0 and off["alpha_above_0.1"] == 0.0
+    _, on = R.decode_rcd(llada, prompt, gen_length=16, block_length=8, steps=8)
+    assert 0.1 < on["alpha_mean"] <= 1.0 and 0.0 < on["alpha_above_0.1"] <= 1.0
+
+
+# ---- Beyond the paper: the reference source, the Dirichlet start, alpha_scale ----
+
+
 def test_reference_source_feeds_the_references_prediction_on_the_same_input(llada, sdar, tmp_path):
     """source="reference" (a diagnostic beyond the paper): each forward's residual is Eq. 2 of the reference's
     prediction on that forward's own ids, as in training, not of the target's previous step; the reference
     runs once per target forward, with a KV cache of its own beside SDAR's."""
     mask_id = llada.config.mask_token_id
-    other = M.from_pretrained(write_checkpoint(str(tmp_path / "ref"), *llada_official(vocab=96, seed=1)), device="cpu")
+    folder = write_checkpoint(str(tmp_path / "ref"), *llada_official(vocab=96, seed=1))
+    other = M.from_pretrained(folder, device="cpu")
     ids = torch.tensor([[5, 6, 7, mask_id, mask_id, 9, mask_id]])
     hook = R.Residual(llada, init="reference", reference=other, source="reference")
     seen = []
@@ -109,69 +177,10 @@ def test_reference_source_feeds_the_references_prediction_on_the_same_input(llad
         R.Residual(llada, source="reference")
 
 
-@pytest.mark.parametrize("kw", [dict(steps=16), dict(threshold=0.05), dict(cache="prefix", steps=16),
-                                dict(cache="dual", threshold=0.05)])
-def test_alpha_zero_is_plain_llada_decoding(llada, kw):
-    prompts = torch.randint(0, 90, (2, 5))
-    plain, _ = D.generate(llada, prompts, gen_length=16, block_length=8, **kw)
-    rcd, stats = R.decode_rcd(llada, prompts, gen_length=16, block_length=8, alpha_scale=0.0, **kw)
-    assert torch.equal(plain, rcd)
-    changed, _ = R.decode_rcd(llada, prompts, gen_length=16, block_length=8, alpha_scale=1.0, t_res=4.0, **kw)
-    assert not torch.equal(plain, changed)  # and with residuals it does change something
-
-
-@pytest.mark.parametrize("threshold", [1.0, 0.2])
-def test_alpha_zero_is_plain_sdar_decoding(sdar, threshold):
-    prompts = [torch.randint(0, 75, (n,)) for n in (3, 7)]
-    plain, _ = D.block_generate(sdar, prompts, gen_length=16, threshold=threshold, stop_ids=[])
-    rcd, _ = R.decode_rcd(sdar, prompts, gen_length=16, block_length=4, threshold=threshold, alpha_scale=0.0, stop_ids=[])
-    assert torch.equal(plain, rcd)
-
-
-def test_residuals_never_reach_the_kv_cache(sdar):
-    """The forwards that leave K/V behind for later blocks (prefill and store passes: no [MASK] in their
-    input) are fed exactly the hard embeddings; the denoising steps in between do get residuals."""
-    hook, fed, embeds = R.Residual(sdar, t_res=3.0), [], []
-
-    def forward(model, ids, **kw):
-        fed.append(ids.clone())
-        return hook(model, ids, **kw)
-    pre = sdar.register_forward_pre_hook(lambda m, a, kw: embeds.append(kw["inputs_embeds"]), with_kwargs=True)
-    D.block_generate(sdar, torch.randint(0, 75, (6,)), gen_length=12, block_length=4, forward=forward, stop_ids=[])
-    pre.remove()
-    clean = [torch.equal(e, sdar.embed_tokens(i)) for i, e in zip(fed, embeds)
-             if not (i == sdar.config.mask_token_id).any()]
-    mixed = [not torch.equal(e, sdar.embed_tokens(i)) for i, e in zip(fed, embeds)
-             if (i == sdar.config.mask_token_id).any()]
-    assert len(clean) == 5 and all(clean)   # prefill + a store pass for each of the 4 decoded blocks
-    assert any(mixed)
-
-
-def test_warm_start_runs_the_reference_once_per_block(sdar, llada):
-    _, st = R.decode_rcd(sdar, torch.randint(0, 75, (6,)), gen_length=12, block_length=4, init="reference",
-                         reference=sdar, stop_ids=[])
-    # reference: prefill + one warm start per block (blocks at 4, 8, 12, 16 hold masks) + a store pass each
-    assert st["ref_forwards"] == 1 + 4 + 4
-    _, st = R.decode_rcd(llada, torch.randint(0, 90, (5,)), gen_length=16, block_length=8, init="self", steps=16)
-    assert st["self_forwards"] == 1  # LLaDA's first forward predicts every position at once
-    with pytest.raises(ValueError, match="init 'reference'"):
-        R.Residual(llada, init="reference")
-
-
-def test_stats_report_the_residual_weights_computed(llada):
-    """alpha_mean / alpha_above_0.1 summarise the weights at the masked positions RCD computed: zero when
-    alpha is forced to 0, inside (0, 1] for a random model's spread-out predictions."""
-    prompt = torch.randint(0, 90, (2, 5))
-    _, off = R.decode_rcd(llada, prompt, gen_length=16, block_length=8, steps=8, alpha_scale=0.0)
-    assert off["alpha_mean"] == 0.0 and off["alpha_above_0.1"] == 0.0
-    _, on = R.decode_rcd(llada, prompt, gen_length=16, block_length=8, steps=8)
-    assert 0.1 < on["alpha_mean"] <= 1.0 and 0.0 < on["alpha_above_0.1"] <= 1.0
-
-
 @pytest.mark.parametrize("c", [0.01, 1.0, 5.0])
 def test_dirichlet_draws_have_the_dirichlet_entropy(c):
-    """softmax of the log-space draws is Dirichlet(c, ..., c): a point of the simplex whose expected entropy is
-    digamma(Vc + 1) - digamma(c + 1); finite even for small c, where Gamma(c) underflows in fp32."""
+    """softmax of the log-space draws is Dirichlet(c, ..., c): a point of the simplex whose expected entropy
+    is digamma(Vc + 1) - digamma(c + 1); finite even for small c, where Gamma(c) underflows in fp32."""
     torch.manual_seed(0)
     V = 50
     z = R.dirichlet_logits(4000, V, c)
@@ -180,7 +189,7 @@ def test_dirichlet_draws_have_the_dirichlet_entropy(c):
     h = -(p * p.clamp_min(1e-30).log()).sum(-1)
     want = torch.digamma(torch.tensor(V * c + 1.0)) - torch.digamma(torch.tensor(c + 1.0))
     assert abs(h.mean() - want) < 0.02 * want + 0.01
-    assert abs(p.mean(0) - 1 / V).max() < 0.01                            # symmetric: every token equally likely
+    assert abs(p.mean(0) - 1 / V).max() < 0.01  # symmetric: every token equally likely
     with pytest.raises(ValueError, match="concentration 0"):
         R.dirichlet_logits(2, V, 0)
 
@@ -188,20 +197,22 @@ def test_dirichlet_draws_have_the_dirichlet_entropy(c):
 def test_dirichlet_start_costs_no_forward_and_is_seeded(llada, sdar):
     prompts = torch.randint(0, 90, (2, 5))
     zero, st0 = R.decode_rcd(llada, prompts, gen_length=16, block_length=8, steps=8)
+    kw = dict(gen_length=16, block_length=8, steps=8, init="dirichlet")
     torch.manual_seed(3)
-    a, st = R.decode_rcd(llada, prompts, gen_length=16, block_length=8, steps=8, init="dirichlet", concentration=0.5)
+    a, st = R.decode_rcd(llada, prompts, concentration=0.5, **kw)
     torch.manual_seed(3)
-    b, _ = R.decode_rcd(llada, prompts, gen_length=16, block_length=8, steps=8, init="dirichlet", concentration=0.5)
+    b, _ = R.decode_rcd(llada, prompts, concentration=0.5, **kw)
     assert torch.equal(a, b) and not torch.equal(a, zero)
     assert st["nfe"] == st0["nfe"] and st["self_forwards"] == 0 and st["ref_forwards"] == 0
-    off, _ = R.decode_rcd(llada, prompts, gen_length=16, block_length=8, steps=8, init="dirichlet", alpha_scale=0.0)
+    off, _ = R.decode_rcd(llada, prompts, alpha_scale=0.0, **kw)
     assert torch.equal(off, D.generate(llada, prompts, gen_length=16, block_length=8, steps=8)[0])
     # SDAR: a draw per block, at the block's first step only (one draw per fresh position)
     hook, draws = R.Residual(sdar, init="dirichlet"), []
     real = R.dirichlet_logits
     R.dirichlet_logits = lambda n, *a: draws.append(n) or real(n, *a)
     try:
-        D.block_generate(sdar, torch.randint(0, 75, (6,)), gen_length=12, block_length=4, forward=hook, stop_ids=[])
+        D.block_generate(sdar, torch.randint(0, 75, (6,)), gen_length=12, block_length=4, forward=hook,
+                         stop_ids=[])
     finally:
         R.dirichlet_logits = real
     assert draws == [2, 4, 4, 4]  # the prompt's block holds 2 masks, then 3 whole blocks
@@ -215,7 +226,8 @@ def test_alpha_scale_scales_and_clips_alpha_in_decoding_and_in_training(llada):
     import train_residual
     z = torch.randn(6, 96) * 3
     for scale in (0.0, 3.0, 50.0):
-        assert torch.allclose(R.entropy_weight(z, alpha_scale=scale), (scale * R.entropy_weight(z)).clamp(0, 1), atol=1e-6)
+        want = (scale * R.entropy_weight(z)).clamp(0, 1)
+        assert torch.allclose(R.entropy_weight(z, alpha_scale=scale), want, atol=1e-6)
     with pytest.raises(ValueError, match="alpha_scale"):
         R.Residual(llada, alpha_scale=-1.0)
     with pytest.raises(ValueError, match="t_res"):

@@ -305,8 +305,80 @@ def test_help_describes_every_method_and_groups_the_flags(capsys):
     for name, fn in E.METHODS.items():
         assert f"  {name}" in out and fn.__doc__.strip().splitlines()[0] in out
     beyond = re.findall(r"^  (--[a-z-]+)", out[out.index("beyond the paper:"):out.index("output:")], re.M)
-    assert beyond == ["--rcd-init", "--concentration", "--rcd-source", "--alpha-scale", "--remask", "--delta",
-                      "--sampler", "--no-terminal", "--window", "--positions"]  # not --t-res, --r, --budget
-    assert "rcd: models/tiny-llada-rcd" in out and "56 for rcd" in out  # the per-method defaults
+    assert beyond == ["--rcd-init", "--concentration", "--rcd-source", "--alpha-scale", "--anatomy",
+                      "--remask", "--delta", "--sampler", "--no-terminal", "--window",
+                      "--positions"]  # not --t-res, --r, --budget
+    assert "rcd: models/tiny-sdar-rcd" in out and "no --thresholds: 8,4,2" in out  # the per-method defaults
     with pytest.raises(SystemExit, match="--steps 8,x: expected comma-separated int values"):
         E.check_args(E.parse_args(["--steps", "8,x"]))
+
+
+def test_rcd_default_is_the_fixed_quota_steps_sweep_on_the_sdar_pair():
+    """python eval.py --method rcd: the SDAR-format pair in the blocks of 32 it was trained with, at 8, 4 and
+    2 steps per block (a fixed quota, no threshold), against SeqD decoded the same way, on all 500
+    problems."""
+    import eval as E
+    args = E.check_args(E.parse_args(["--method", "rcd"]))
+    assert os.path.relpath(args.model, ROOT) == os.path.join("models", "tiny-sdar-rcd")
+    assert args.sweep == ([8, 4, 2], [None]) and args.block_length is None  # SDAR: the checkpoint's 32
+    assert args.limit is None and args.task == "tiny" and args.rcd_init is None and args.reference is None
+    (seqd, counterpart), (rcd, method) = E.plan(args)
+    assert (os.path.basename(seqd), counterpart) == ("tiny-sdar-seqd", "baseline")
+    assert (rcd, method) == (args.model, "rcd")
+    assert len(tasks.load_records("tiny")[0]) == 500
+    # the threshold view keeps the settings RESULTS.md logged: no steps, SeqD by the same threshold rule
+    args = E.check_args(E.parse_args(["--method", "rcd", "--thresholds", "0.3,0.5"]))
+    assert args.sweep == ([None], [0.3, 0.5]) and E.plan(args)[0][1] == "threshold"
+    # another checkpoint keeps the paper's decoding (one token per step) unless told otherwise
+    args = E.check_args(E.parse_args(["--method", "rcd", "--model", "models/tiny-llada-rcd"]))
+    assert args.sweep == ([None], [None]) and args.block_length is None
+
+
+def test_anatomy_counts_a_hand_made_run():
+    """Blocks of 2 after a 2-token prompt, gold answer [5, 6, 7, 8]: step 1 commits column 2 (right; the first
+    forward of block 0), step 2 column 3 (wrong: the root error), step 3 columns 4 and 5 (the first forward of
+    block 1; column 5 wrong). Alpha is read where a masked position of the block being decoded survives a
+    step: column 3 after step 1 (a uniform prediction: alpha 1), not columns 4-5 (the next block)."""
+    import eval as E
+    M, V = 9, 16
+    canvases = [[0, 0, M, M, M, M], [0, 0, 5, M, M, M], [0, 0, 5, 1, M, M], [0, 0, 5, 1, 7, 2]]
+    sure = torch.full((V,), -1e4).index_fill(0, torch.tensor([0]), 0.0)  # one-hot: alpha 0
+    uncertain = {3}
+
+    def forward(model, ids, cache_start=0, **kw):
+        return torch.stack([torch.zeros(V) if c in uncertain else sure for c in range(ids.shape[1])])[None]
+
+    a = E.Anatomy([[5, 6, 7, 8]], "llada", 2, M)
+    watched = a.wrap(forward)
+    for before, after in zip(canvases, canvases[1:]):
+        watched(None, torch.tensor([before]))
+        a.on_step(torch.tensor([after]))
+        uncertain.clear()
+    c = a.counts[0]
+    assert (c["tokens"], c["tokens_first"], c["errors"], c["errors_first"], c["root"], c["root_first"]) == \
+        (4, 3, 2, 1, 1, 0)
+    assert (c["survived"], c["alpha_high"]) == (1, 1) and c["alpha_sum"] == pytest.approx(1.0, abs=1e-5)
+    line = E.anatomy_line("x", c)
+    assert "committed 75.0 % of the 4 answer tokens, 50.0 % of the 2 errors and 0.0 % of the 1 root" in line
+
+
+@pytest.mark.slow
+def test_eval_anatomy_counts_every_committed_token_and_changes_no_answer(trained, tmp_path):
+    """16 LLaDA tokens in blocks of 8 at one token per step: each block's first forward commits one of its 8
+    answer tokens and leaves 7, 6, ..., 0 masks behind (28 survivors a block); the answers are those of the
+    run without --anatomy, whose log a run with it completes with the counts."""
+    args = ["eval.py", "--json", "--model", str(trained / "llada"), "--method", "rcd", "--compare", "same",
+            "--limit", "3", "--gen-length", "16", "--block-length", "8",
+            "--samples", str(tmp_path / "a.jsonl")]
+    plain = last_json(run(*args))
+    res = last_json(run(*args, "--anatomy"))
+    for before, after in zip(plain["rows"], res["rows"]):
+        a = after.pop("anatomy")
+        assert (a["tokens"], a["tokens_first"], a["survived"]) == (3 * 16, 3 * 2, 3 * 2 * 28)
+        assert a["errors_first"] <= a["errors"] <= a["tokens"] and a["root_first"] <= a["root"] <= a["errors"]
+        assert 0 <= a["alpha_high"] <= a["survived"] and 0 <= a["alpha_sum"] <= a["survived"]
+        same = ("accuracy", "nfe", "tokens")
+        assert {k: before[k] for k in same} == {k: after[k] for k in same}
+    out = run("eval.py", "--method", "elastic", "--anatomy", check=False)
+    assert out.returncode != 0
+    assert out.stderr.strip().startswith("--anatomy: for --method baseline, threshold, rcd")
