@@ -1,6 +1,6 @@
-"""Shared test helpers: the repository root on sys.path (flat scripts, no package), and tiny checkpoints
+"""Shared test helpers: the repository root on sys.path (flat scripts, no package), tiny checkpoints
 written in the *official* on-disk formats with hand-written key names (deliberately not model.py's key
-map, so a wrong map fails the tests)."""
+map, so a wrong map fails the tests), and group_alive for the sandbox's tests."""
 import json
 import os
 import sys
@@ -171,3 +171,17 @@ def llada_dir(tmp_path):
 @pytest.fixture
 def sdar_dir(tmp_path):
     return write_checkpoint(str(tmp_path / "sdar"), *sdar_official())
+
+
+def group_alive(pgid):
+    """Live (non-zombie) processes of process group `pgid`, read from /proc (tests of the sandbox)."""
+    alive = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, pgrp, ...
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            alive.append(int(pid))
+    return alive
