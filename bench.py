@@ -12,8 +12,8 @@ Speed benchmarks: ratios measured in one run on one machine, never compared acro
   python bench.py rcd        RCD's per-forward overhead over plain decoding (embedded models; random models
                              with LLaDA-8B's / SDAR-8B's vocabulary-to-parameters ratio, or their exact
                              shapes with --size 8b; on a GPU also in kernel time)
-  python bench.py mrp        MRP speculative decoding vs static decoding, one problem at a time, embedded heads
-                             of 3 and 1 layers: seconds, forwards, identical outputs checked
+  python bench.py mrp        MRP speculative decoding vs static decoding, one problem at a time, embedded
+                             heads of 3 and 1 layers: seconds, forwards, identical outputs checked
   python bench.py elastic    Elastic-dLLM compression vs the full canvas at gen 1024 and 4096 (LLaDA format):
                              milliseconds per forward
 
@@ -58,14 +58,15 @@ def random_model(family, device, dtype, n_embd, n_layer, vocab, head_scale, seed
         free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else \
             os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         if need > free:
-            raise SystemExit(f"bench.py --size 8b: the random {family} model needs {need / 1e9:.1f} GB in {dtype}, "
-                             f"and {device} has {free / 1e9:.1f} GB free")
+            raise SystemExit(f"bench.py --size 8b: the random {family} model needs {need / 1e9:.1f} GB in "
+                             f"{dtype}, and {device} has {free / 1e9:.1f} GB free")
         net = net.to(dtype).to_empty(device=device)
     else:
         small_moe = base.moe and replace(base.moe, n_experts=16, intermediate_size=n_embd // 2)
         net = build(M.Config(**{
-            **base.__dict__, "vocab_size": vocab, "n_embd": n_embd, "n_layer": n_layer, "n_head": n_embd // 64,
-            "n_kv_head": n_embd // 64 // (1 if family == "llada" else 4), "head_dim": 64,
+            **base.__dict__, "vocab_size": vocab, "n_embd": n_embd, "n_layer": n_layer,
+            "n_head": n_embd // 64, "n_kv_head": n_embd // 64 // (1 if family == "llada" else 4),
+            "head_dim": 64,
             "intermediate_size": 3 * n_embd, "mask_token_id": vocab - 1, "eos_token_id": vocab - 2,
             "stop_ids": (vocab - 2,), "rope_dim": base.rope_dim and 32, "moe": small_moe}))
     net.init_weights()
@@ -82,8 +83,8 @@ def random_prompt(net, n, seed=1):
 
 def random_models(args, device, dtype, families=("llada", "sdar")):
     """The benchmarks' random models, one per family, at --size."""
-    return [random_model(f, device, dtype, args.n_embd, args.n_layer, args.vocab, args.head_scale, full=args.size == "8b")
-            for f in families]
+    return [random_model(f, device, dtype, args.n_embd, args.n_layer, args.vocab, args.head_scale,
+                         full=args.size == "8b") for f in families]
 
 
 def timed(fn, device):
@@ -97,7 +98,8 @@ def timed(fn, device):
 
 
 def timed_forwards(net, fn, device):
-    """timed(fn), and the seconds spent inside net's forwards (timed by module hooks, synchronised on CUDA)."""
+    """timed(fn), and the seconds spent inside net's forwards (timed by module hooks, synchronised on
+    CUDA)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     inside, start = [0.0], [0.0]
     def enter(module, args):
@@ -144,7 +146,8 @@ def tiny_prompts(folder, n):
     import tasks
     import tokenizer as T
     tok = T.load_tokenizer(folder)
-    return [tok.encode(tok.apply_chat_template(tasks.prompt_messages("tiny", r))) for r in tasks.tiny_records("test", n=n)]
+    return [tok.encode(tok.apply_chat_template(tasks.prompt_messages("tiny", r)))
+            for r in tasks.tiny_records("test", n=n)]
 
 
 DECODE_RUNS = ("vanilla", "threshold", "prefix", "dual", "dual-steps", "sdar-nocache", "sdar-cache")
@@ -356,8 +359,9 @@ def bench_elastic(args, device, dtype):
     (prompt, history, current block, r masks per later block, terminal block, original positions), with the
     current block first and in the middle of the generation. Median of --repeats forwards each. Then whole
     generations at --elastic-decode-length with threshold decoding, without a cache and with Fast-dLLM's
-    prefix and dual caches (--elastic-caches), full canvas versus compressed (--r, --window): seconds per generation, and per forward (the
-    random model's choices differ between layouts, so the forward counts do too). A prefix cache feeds the
+    prefix and dual caches (--elastic-caches), full canvas versus compressed (--r, --window): seconds per
+    generation, and per forward (the random model's choices differ between layouts, so the forward counts do
+    too). A prefix cache feeds the
     current block and everything after it, which compression shortens; a dual cache refreshes with one
     forward over everything fed at each block's first step and then feeds the current block only, so
     compression shortens that forward and the keys every later step attends to. Whole generations at 4,096
@@ -385,19 +389,25 @@ def bench_elastic(args, device, dtype):
                 rows.append({"gen_length": G, "block": where, "tokens_full": P + G, "tokens_kept": len(cols),
                              "ms_full": full, "ms_elastic": comp, "speedup": full / comp})
         G, prompt = args.elastic_decode_length, x[0, :P]
-        decode.generate(llada, prompt, gen_length=blk, block_length=blk, threshold=args.threshold, cache="dual")  # warm-up
+        decode.generate(llada, prompt, gen_length=blk, block_length=blk, threshold=args.threshold,
+                        cache="dual")  # warm-up
         for cache in args.elastic_caches:
             kw = dict(gen_length=G, block_length=blk, threshold=args.threshold, cache=cache)
             full, sec_full = timed(lambda: decode.generate(llada, prompt, **kw), device)
-            comp, sec_comp = timed(lambda: mask_compress.decode_elastic(llada, prompt, r=args.r, window=args.window, **kw),
-                                   device)
+            comp, sec_comp = timed(lambda: mask_compress.decode_elastic(llada, prompt, r=args.r,
+                                                                        window=args.window, **kw), device)
             rows.append({"gen_length": G, "block": f"whole, {cache or 'no'} cache", "tokens_full": P + G,
                          "tokens_kept": round(comp["active_mean"]), "nfe_full": full["nfe"],
-                         "nfe_elastic": comp["nfe"], "ms_full": 1000 * sec_full, "ms_elastic": 1000 * sec_comp,
-                         "speedup": sec_full / sec_comp,
+                         "nfe_elastic": comp["nfe"], "ms_full": 1000 * sec_full,
+                         "ms_elastic": 1000 * sec_comp, "speedup": sec_full / sec_comp,
                          "speedup_per_forward": (sec_full / full["nfe"]) / (sec_comp / comp["nfe"])})
-    print(f"\n{'gen':>5} {'forward':22} {'tokens':>7} {'kept':>6} {'ms full':>9} {'ms elastic':>11} {'speedup':>8}"
-          f" {'nfe full/elastic':>17} {'per forward':>12}")
+    print_elastic(rows)
+    return rows
+
+
+def print_elastic(rows):
+    print(f"\n{'gen':>5} {'forward':22} {'tokens':>7} {'kept':>6} {'ms full':>9} {'ms elastic':>11} "
+          f"{'speedup':>8} {'nfe full/elastic':>17} {'per forward':>12}")
     # whole generations: "kept" is the active set's mean over blocks (cached columns included), and the random
     # model's choices differ between layouts, hence the forward counts
     for r in rows:
@@ -405,7 +415,6 @@ def bench_elastic(args, device, dtype):
         per = f"{r['speedup_per_forward']:.2f}x" if "nfe_full" in r else ""
         print(f"{r['gen_length']:5d} {r['block']:22} {r['tokens_full']:7d} {r['tokens_kept']:6d} "
               f"{r['ms_full']:9.1f} {r['ms_elastic']:11.1f} {r['speedup']:7.2f}x {nfe:>17} {per:>12}")
-    return rows
 
 
 def bench_mrp(args, device, dtype):
@@ -424,15 +433,16 @@ def bench_mrp(args, device, dtype):
     folders = [os.path.join(here, "models", n) for n in ("tiny-sdar-mrp", "tiny-sdar-mrp-1lyr")]
     prompts = [torch.tensor([ids], device=device) for ids in tiny_prompts(folders[0], args.mrp_problems)]
     (backbone, head), (other, head_1) = (mrp.load_mrp(f, device, dtype) for f in folders)
-    if any(not torch.equal(a, b) for a, b in zip(backbone.state_dict().values(), other.state_dict().values())):
+    pairs = zip(backbone.state_dict().values(), other.state_dict().values())
+    if any(not torch.equal(a, b) for a, b in pairs):
         raise SystemExit(f"bench.py mrp: {folders[0]} and {folders[1]} were trained on different backbones")
     heads = {os.path.basename(folders[0]): head, os.path.basename(folders[1]): head_1}
     kw = dict(gen_length=56, block_length=32)
     runs = {("tiny-sdar", "static"): lambda p: decode.block_generate(backbone, p, denoising_steps=32, **kw)}
     for name, h in heads.items():
         for K in (1, 2, 3):
-            runs[(name, f"spec K={K}")] = (lambda h, K: lambda p: mrp.decode_mrp(backbone, p, mrp=h, mode="spec",
-                                                                               mrp_steps=K, **kw))(h, K)
+            runs[(name, f"spec K={K}")] = (lambda h, K: lambda p: mrp.decode_mrp(
+                backbone, p, mrp=h, mode="spec", mrp_steps=K, **kw))(h, K)
     names = list(runs)
     with torch.no_grad():
         reference = [runs[names[0]](p)[0] for p in prompts]
@@ -452,12 +462,13 @@ def bench_mrp(args, device, dtype):
                 totals[name].append(sec[name])
     med = {name: sorted(t)[len(t) // 2] for name, t in totals.items()}
     base = med[names[0]]
-    rows = [{"head": name[0], "layers": len(heads[name[0]].layers) if name[0] in heads else 0, "run": name[1],
-             "forwards_per_answer": nfe[name], "seconds": med[name], "speedup": base / med[name]} for name in names]
+    rows = [{"head": name[0], "layers": len(heads[name[0]].layers) if name[0] in heads else 0,
+             "run": name[1], "forwards_per_answer": nfe[name], "seconds": med[name],
+             "speedup": base / med[name]} for name in names]
     print(f"\n{'head':20} {'layers':>6} {'run':10} {'forwards/answer':>16} {'seconds':>8} {'speed-up':>9}")
     for r in rows:
-        print(f"{r['head']:20} {r['layers'] or '-':>6} {r['run']:10} {r['forwards_per_answer']:16.1f} {r['seconds']:8.2f}"
-              f" {r['speedup']:8.2f}x")
+        print(f"{r['head']:20} {r['layers'] or '-':>6} {r['run']:10} {r['forwards_per_answer']:16.1f} "
+              f"{r['seconds']:8.2f} {r['speedup']:8.2f}x")
     return rows
 
 
@@ -473,16 +484,24 @@ def bench_rcd(args, device, dtype):
     SDAR-8B's (151936 * 4096 / 6.95e9 = 0.090): LLaDA gen --gen-length in blocks of --block-length, SDAR gen
     --sdar-gen-length in blocks of 32 with its KV cache, both 2 tokens per step. Plain and RCD alternate
     --repeats times; medians of the times, and the overhead is the median of the back-to-back pairs' ratios.
-    "RCD work" times RCD's own code directly: each run's time outside the model's forwards, RCD's less plain's,
-    over RCD's time inside them (median over the pairs): the overhead without the machine's drift, but also
-    without any slowdown of the forwards themselves (caches p @ E evicted, say), which the wall-clock ratio
-    includes; RCD's embedding lookup happens outside its forwards and counts as its own. On a GPU, "GPU
-    kernels" is the ratio of the kernels' own time (one profiled run of each, kernel_seconds), less one:
-    what RCD costs a forward whose kernels are not waiting on Python to launch them. Also printed: the mean
-    residual weight alpha over the masked positions RCD computed, and the share above 0.1 (how much RCD can
-    change at all: alpha = 0 is plain decoding).
+    "RCD work" times RCD's own code directly: each run's time outside the model's forwards, RCD's less
+    plain's, over RCD's time inside them (median over the pairs): the overhead without the machine's drift,
+    but also without any slowdown of the forwards themselves (caches p @ E evicted, say), which the
+    wall-clock ratio includes; RCD's embedding lookup happens outside its forwards and counts as its own.
+    On a GPU, "GPU kernels" is the ratio of the kernels' own time (one profiled run of each,
+    kernel_seconds), less one: what RCD costs a forward whose kernels are not waiting on Python to launch
+    them. Also printed: the mean residual weight alpha over the masked positions RCD computed, and the share
+    above 0.1 (how much RCD can change at all: alpha = 0 is plain decoding).
     With --size 8b the random models are LLaDA-8B and SDAR-8B themselves (random weights, real shapes)."""
-    import residual
+    runs = rcd_models(args, device, dtype)
+    rows = [rcd_row(name, net, p, kw, args.repeats, device) for name, net, p, kw in runs]
+    print_rcd(rows)
+    return rows
+
+
+def rcd_models(args, device, dtype):
+    """bench_rcd's (name, model, prompts, decoding arguments): the embedded RCD pairs as eval.py runs them,
+    then random LLaDA- and SDAR-format models whose V*C / (non-embedding parameters) is the 8B models'."""
     runs, here = [], os.path.dirname(os.path.abspath(__file__))
     for family, kw in (("llada", dict(gen_length=56, block_length=56, steps=14)),
                        ("sdar", dict(gen_length=56, block_length=32, steps=8))):
@@ -490,56 +509,64 @@ def bench_rcd(args, device, dtype):
         runs.append((f"embedded tiny-{family}-rcd", M.from_pretrained(folder, device, dtype),
                      tiny_prompts(folder, args.rcd_batch), kw))
     C, L = args.n_embd, args.n_layer
-    for family, ratio, per_layer, kw in (
-            ("llada", 0.0742, 13 * C * C, dict(gen_length=args.gen_length, block_length=args.block_length,
-                                               steps=args.gen_length // 2)),
-            ("sdar", 0.0895, 11.5 * C * C, dict(gen_length=args.sdar_gen_length, block_length=32, steps=16,
-                                                 stop_ids=[]))):  # a random model never stops
+    llada_kw = dict(gen_length=args.gen_length, block_length=args.block_length, steps=args.gen_length // 2)
+    sdar_kw = dict(gen_length=args.sdar_gen_length, block_length=32, steps=16,
+                   stop_ids=[])  # a random model never stops
+    for family, ratio, per_layer, kw in (("llada", 0.0742, 13 * C * C, llada_kw),
+                                         ("sdar", 0.0895, 11.5 * C * C, sdar_kw)):
         vocab = round(ratio * L * per_layer / C)  # random_model: MLP width 3C; SDAR with 4x fewer KV heads
         net = random_model(family, device, dtype, C, L, vocab, args.head_scale, full=args.size == "8b")
-        name = f"random {family.upper()}-8B shape" if args.size == "8b" else f"random {family.upper()}-format, V={vocab}"
-        runs.append((name, net, random_prompt(net, args.prompt_length)[None], kw))
-    rows = []
+        shape = "8B shape" if args.size == "8b" else f"format, V={vocab}"
+        prompt = random_prompt(net, args.prompt_length)[None]
+        runs.append((f"random {family.upper()}-{shape}", net, prompt, kw))
+    return runs
+
+
+def rcd_row(name, net, p, kw, repeats, device):
+    """One row of bench_rcd: plain and RCD decoding of prompts `p` alternating `repeats` times."""
+    import residual
     with torch.no_grad():
-        for name, net, p, kw in runs:
-            if net.config.family == "llada":
-                plain = lambda: decode.generate(net, p, **kw)
-            else:
-                plain = lambda: decode.block_generate(net, p, gen_length=kw["gen_length"], block_length=kw["block_length"],
-                                                      denoising_steps=kw["steps"], stop_ids=kw.get("stop_ids"))
-            rcd = lambda: residual.decode_rcd(net, p, **kw)
-            _, alpha = rcd()  # warm-up; the residual weights RCD computed (the same in every run)
-            plain()
-            sec, own = {"plain": [], "rcd": []}, []
-            for _ in range(args.repeats):
-                outside = {}
-                for which, fn in (("plain", plain), ("rcd", rcd)):
-                    stats, s, inside = timed_forwards(net, fn, device)
-                    sec[which].append(s / stats["nfe"])
-                    outside[which] = s - inside
-                # RCD's own work (residual terms, mix, bookkeeping) = its time outside the model's forwards less
-                # the plain decoder's, per forward time: small quantities, so the machine's drift barely moves it
-                own.append((outside["rcd"] - outside["plain"]) / inside)
-            median = lambda v: sorted(v)[len(v) // 2]
-            med = {k: median(v) for k, v in sec.items()}
-            # the median of each back-to-back pair's ratio: a machine whose speed drifts between pairs (this
-            # shared VM does, by tens of percent) moves both runs of a pair together
-            paired = median([r / q for r, q in zip(sec["rcd"], sec["plain"])])
-            kernels = None
-            if device.type == "cuda":  # the same forwards, GPU kernel time only (see kernel_seconds)
-                kernels = kernel_seconds(rcd)[1] / kernel_seconds(plain)[1] - 1
-            rows.append({"model": name, "batch": len(p), "nfe": stats["nfe"], "ms_per_forward_plain": 1000 * med["plain"],
-                         "ms_per_forward_rcd": 1000 * med["rcd"], "overhead": paired - 1, "rcd_work": median(own),
-                         "kernel_overhead": kernels,
-                         "alpha_mean": alpha["alpha_mean"], "alpha_above_0.1": alpha["alpha_above_0.1"]})
-    print(f"\n{'model':32} {'batch':>5} {'nfe':>4} {'ms/forward plain':>17} {'ms/forward RCD':>15} {'overhead':>9}"
-          f" {'RCD work':>9} {'GPU kernels':>12} {'mean alpha':>11} {'alpha > 0.1':>12}")
+        if net.config.family == "llada":
+            plain = lambda: decode.generate(net, p, **kw)
+        else:
+            plain = lambda: decode.block_generate(net, p, gen_length=kw["gen_length"],
+                                                  block_length=kw["block_length"],
+                                                  denoising_steps=kw["steps"], stop_ids=kw.get("stop_ids"))
+        rcd = lambda: residual.decode_rcd(net, p, **kw)
+        _, alpha = rcd()  # warm-up; the residual weights RCD computed (the same in every run)
+        plain()
+        sec, own = {"plain": [], "rcd": []}, []
+        for _ in range(repeats):
+            outside = {}
+            for which, fn in (("plain", plain), ("rcd", rcd)):
+                stats, s, inside = timed_forwards(net, fn, device)
+                sec[which].append(s / stats["nfe"])
+                outside[which] = s - inside
+            # RCD's own work (residual terms, mix, bookkeeping) = its time outside the model's forwards less
+            # the plain decoder's, per forward time: small quantities, so the machine's drift barely moves it
+            own.append((outside["rcd"] - outside["plain"]) / inside)
+        median = lambda v: sorted(v)[len(v) // 2]
+        med = {k: median(v) for k, v in sec.items()}
+        # the median of each back-to-back pair's ratio: a machine whose speed drifts between pairs (this
+        # shared VM does, by tens of percent) moves both runs of a pair together
+        paired = median([r / q for r, q in zip(sec["rcd"], sec["plain"])])
+        kernels = None
+        if device.type == "cuda":  # the same forwards, GPU kernel time only (see kernel_seconds)
+            kernels = kernel_seconds(rcd)[1] / kernel_seconds(plain)[1] - 1
+    return {"model": name, "batch": len(p), "nfe": stats["nfe"], "ms_per_forward_plain": 1000 * med["plain"],
+            "ms_per_forward_rcd": 1000 * med["rcd"], "overhead": paired - 1, "rcd_work": median(own),
+            "kernel_overhead": kernels,
+            "alpha_mean": alpha["alpha_mean"], "alpha_above_0.1": alpha["alpha_above_0.1"]}
+
+
+def print_rcd(rows):
+    print(f"\n{'model':32} {'batch':>5} {'nfe':>4} {'ms/forward plain':>17} {'ms/forward RCD':>15} "
+          f"{'overhead':>9} {'RCD work':>9} {'GPU kernels':>12} {'mean alpha':>11} {'alpha > 0.1':>12}")
     for r in rows:
         kernels = "-" if r["kernel_overhead"] is None else f"{100 * r['kernel_overhead']:.1f}%"
         print(f"{r['model']:32} {r['batch']:5d} {r['nfe']:4d} {r['ms_per_forward_plain']:17.2f} "
               f"{r['ms_per_forward_rcd']:15.2f} {100 * r['overhead']:8.1f}% {100 * r['rcd_work']:8.1f}% "
               f"{kernels:>12} {r['alpha_mean']:11.3f} {100 * r['alpha_above_0.1']:11.1f}%")
-    return rows
 
 
 def bench_load(args, device, dtype):
@@ -550,14 +577,17 @@ def bench_load(args, device, dtype):
         net = random_model("sdar", torch.device("cpu"), torch.bfloat16, 1536, n_layer, 32000, 1.0)
         M.save_pretrained(net, folder, max_shard_bytes=300_000_000)
         del net
-        size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if f.endswith(".safetensors"))
+        size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)
+                   if f.endswith(".safetensors"))
         code = ("import torch, model\n"
                 "rss = lambda f: int(open('/proc/self/status').read().split(f + ':')[1].split()[0]) * 1024\n"
-                f"base = rss('VmRSS'); m = model.from_pretrained({folder!r}, device='cpu', dtype=torch.bfloat16)\n"
+                f"base = rss('VmRSS'); "
+                f"m = model.from_pretrained({folder!r}, device='cpu', dtype=torch.bfloat16)\n"
                 "print(rss('VmHWM') - base)")
         peak = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                   cwd=os.path.dirname(os.path.abspath(__file__))).stdout.split()[-1])
-    row = {"checkpoint_gb": size / 1e9, "shards": -(-size // 300_000_000), "peak_rss_gb": peak / 1e9, "ratio": peak / size}
+    row = {"checkpoint_gb": size / 1e9, "shards": -(-size // 300_000_000), "peak_rss_gb": peak / 1e9,
+           "ratio": peak / size}
     print(f"\ncheckpoint {row['checkpoint_gb']:.2f} GB in {row['shards']} shards: peak RSS above import "
           f"{row['peak_rss_gb']:.3f} GB = {row['ratio']:.2f}x the checkpoint")
     return [row]
@@ -571,30 +601,36 @@ if __name__ == "__main__":
     ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                     help="default: bfloat16 on CUDA, float32 on CPU")
     ap.add_argument("--size", choices=["tiny", "mid", "8b"], default="mid",
-                    help="random models: mid = --n-embd x --n-layer (--vocab); 8b = LLaDA-8B's and SDAR-8B's exact "
-                         "shapes, random weights (16 GB each in bf16: a GPU)")
+                    help="random models: mid = --n-embd x --n-layer (--vocab); 8b = LLaDA-8B's and SDAR-8B's "
+                         "exact shapes, random weights (16 GB each in bf16: a GPU)")
     ap.add_argument("--n-embd", type=int, default=384, help="hidden size of the random models")
     ap.add_argument("--n-layer", type=int, default=6, help="layers of the random models")
     ap.add_argument("--vocab", type=int, default=4096, help="vocabulary of the random models")
     ap.add_argument("--head-scale", type=float, default=None,
-                    help="LM-head scale that makes predictions confident (default 40; 12 with --size 8b, the same "
-                         "logit spread at 4,096 hidden: 0.02 * sqrt(C) * scale)")
+                    help="LM-head scale that makes predictions confident (default 40; 12 with --size 8b, the "
+                         "same logit spread at 4,096 hidden: 0.02 * sqrt(C) * scale)")
     ap.add_argument("--prompt-length", type=int, default=128, help="prompt tokens")
     ap.add_argument("--gen-length", type=int, default=256, help="LLaDA generation length")
     ap.add_argument("--block-length", type=int, default=32, help="LLaDA block length")
     ap.add_argument("--threshold", type=float, default=0.9, help="Fast-dLLM confidence threshold")
-    ap.add_argument("--sdar-gen-length", type=int, default=512, help="SDAR generation length (block 4, 4 steps)")
+    ap.add_argument("--sdar-gen-length", type=int, default=512,
+                    help="SDAR generation length (block 4, 4 steps)")
     ap.add_argument("--elastic-lengths", type=lambda v: [int(x) for x in v.split(",")], default=[1024, 4096],
                     help="elastic: comma-separated generation lengths")
-    ap.add_argument("--r", type=int, default=4, help="elastic: [MASK] tokens kept per intermediate future block")
+    ap.add_argument("--r", type=int, default=4,
+                    help="elastic: [MASK] tokens kept per intermediate future block")
     ap.add_argument("--window", type=int, default=0,
-                    help="elastic: masks right after the current block kept in full (mask_compress.elastic_feed; 0 = the paper)")
-    ap.add_argument("--elastic-caches", type=caches_list,
-                    default=[None, "prefix", "dual"], help="elastic: whole-generation runs, comma-separated none,prefix,dual")
+                    help="elastic: masks right after the current block kept in full "
+                         "(mask_compress.elastic_feed; 0 = the paper)")
+    ap.add_argument("--elastic-caches", type=caches_list, default=[None, "prefix", "dual"],
+                    help="elastic: whole-generation runs, comma-separated none,prefix,dual")
     ap.add_argument("--elastic-decode-length", type=int, default=1024,
-                    help="elastic: generation length of the whole-generation runs (threshold; no cache, prefix and dual cache)")
-    ap.add_argument("--repeats", type=int, default=3, help="elastic: timed forwards per measurement; rcd: timed runs of each decoder (median)")
-    ap.add_argument("--rcd-batch", type=int, default=50, help="rcd: prompts per batch (eval.py's --batch-size 50)")
+                    help="elastic: generation length of the whole-generation runs (threshold; no cache, "
+                         "prefix and dual cache)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="elastic: timed forwards per measurement; rcd: timed runs of each decoder (median)")
+    ap.add_argument("--rcd-batch", type=int, default=50,
+                    help="rcd: prompts per batch (eval.py's --batch-size 50)")
     ap.add_argument("--mrp-problems", type=int, default=50, help="mrp: test problems decoded one at a time")
     ap.add_argument("--load-gb", type=float, default=1.0, help="checkpoint size for the load benchmark")
     fast = ap.add_argument_group("step and decode: speed on a GPU")
@@ -618,14 +654,17 @@ if __name__ == "__main__":
     if hot - known:
         raise SystemExit(f"--calls / --runs: unknown {sorted(hot - known)}; expected some of {sorted(known)}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    default = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = getattr(torch, args.dtype) if args.dtype else default
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(f"device={device} ({name}) dtype={dtype} torch={torch.__version__}")
     if min(args.repeats, args.rcd_batch, args.mrp_problems, args.gen_length, args.block_length) < 1:
-        raise SystemExit("--repeats, --rcd-batch, --mrp-problems, --gen-length and --block-length must be >= 1")
-    try:
+        raise SystemExit("--repeats, --rcd-batch, --mrp-problems, --gen-length and --block-length "
+                         "must be >= 1")
+    try:  # a decoder refusing the lengths / steps, or a missing model: one line, not a traceback
         rows = {"step": bench_step, "decode": bench_decode, "load": bench_load, "elastic": bench_elastic,
                 "rcd": bench_rcd, "mrp": bench_mrp}[args.what](args, device, dtype)
-    except (ValueError, FileNotFoundError) as e:  # a decoder refusing the lengths / steps, a missing model: one line
+    except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"bench.py {args.what}: {e}") from None
-    print(json.dumps({"bench": args.what, "device": name, "dtype": str(dtype), "command": " ".join(sys.argv), "rows": rows}))
+    print(json.dumps({"bench": args.what, "device": name, "dtype": str(dtype), "command": " ".join(sys.argv),
+                      "rows": rows}))

@@ -88,13 +88,15 @@ class MoEConfig:
     first_dense: int = 1
 
 
-SDAR = Config(family="sdar", vocab_size=151936, n_embd=4096, n_layer=36, n_head=32, n_kv_head=8, rope_theta=1e6,
-              max_seq_len=32768, norm_eps=1e-6, qk_norm=True, rope_fp32=False, norm_gain_fp32=True, block_size=4,
-              mask_token_id=151669, eos_token_id=151643, stop_ids=(151645, 151643))
-PRESETS = {  # the real checkpoints' shapes (models.md 1.1, 2.1); handy for benchmarks and shrinking into tests
+SDAR = Config(family="sdar", vocab_size=151936, n_embd=4096, n_layer=36, n_head=32, n_kv_head=8,
+              rope_theta=1e6, max_seq_len=32768, norm_eps=1e-6, qk_norm=True, rope_fp32=False,
+              norm_gain_fp32=True, block_size=4, mask_token_id=151669, eos_token_id=151643,
+              stop_ids=(151645, 151643))
+# the real checkpoints' shapes (their config.json files); handy for benchmarks and shrinking into tests
+PRESETS = {
     "llada-8b": Config(), "sdar-8b": SDAR, "sdar-4b": replace(SDAR, n_embd=2560, intermediate_size=9728),
     "sdar-1.7b": replace(SDAR, n_embd=2048, n_layer=28, n_head=16, intermediate_size=6144),
-    # LLaDA2.0-mini (models.md 5): 16B parameters, 1.4B active; build it with moe.build, not Transformer
+    # LLaDA2.0-mini (inclusionAI/LLaDA2.0-mini): 16B parameters, 1.4B active; build it with moe.build
     "llada2-mini": Config(family="llada2", vocab_size=157184, n_embd=2048, n_layer=20, n_head=16, n_kv_head=4,
                           intermediate_size=5120, rope_theta=600000.0, max_seq_len=32768, norm_eps=1e-6,
                           qk_norm=True, rope_fp32=False, block_size=32, mask_token_id=156895,
@@ -155,6 +157,9 @@ def attention_rule(q_pos, k_pos, k_valid, block_size):
     # A query with nothing to see (a pad row) would come out NaN and could leak through V at later layers;
     # let it see everything instead. Its output is never read.
     return (allowed | ~allowed.any(-1, keepdim=True))[:, None]
+
+# -----------------------------------------------------------------------------
+# KV cache
 
 
 class KVCache:
@@ -266,8 +271,8 @@ def check_span(cache, cache_start, T, kv_end):
                          f"and attend to {kv_end}")
 
 
-def run_layers(layers, rope, x, attention_mask=None, position_ids=None, cache=None, cache_start=0, kv_end=None,
-               block_size=None, attn_mask=None):
+def run_layers(layers, rope, x, attention_mask=None, position_ids=None, cache=None, cache_start=0,
+               kv_end=None, block_size=None, attn_mask=None):
     """The blocks of a forward, with its bookkeeping: positions, KV-cache slots and the attention rule.
     Shared by Transformer.forward and MRP's decoder layers (mrp.py), which keep a KV cache of their own.
     cache_start and kv_end are Python ints or 0-d tensors (compiled steps pass tensors, see compile_forward);
@@ -294,8 +299,10 @@ def run_layers(layers, rope, x, attention_mask=None, position_ids=None, cache=No
     if attn_mask is None:
         attn_mask = attention_rule(position_ids, k_pos, valid, block_size)
     cos, sin = rope(position_ids)
-    if not layers[0].self_attn.cfg.rope_fp32:  # Qwen3/SDAR rotate in the activation dtype: cast the tables once
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # per forward, not twice per layer (each cast is a kernel)
+    # Qwen3/SDAR rotate in the activation dtype: cast the tables once per forward, not twice per layer
+    # (each cast is a kernel)
+    if not layers[0].self_attn.cfg.rope_fp32:
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     for layer, layer_kv in zip(layers, kv):
         x = layer(x, cos, sin, attn_mask, layer_kv)
     return x
@@ -413,15 +420,16 @@ def compile_forward(model, mode=None, backend="inductor"):
 # -----------------------------------------------------------------------------
 # Official config.json <-> Config
 
+# what LLaDA-8B uses; anything else we refuse rather than misread
 LLADA_FIXED = {"block_type": "llama", "layer_norm_type": "rms", "activation_type": "silu", "rope": True,
-               "include_bias": False, "include_qkv_bias": False, "alibi": False, "attention_layer_norm": False,
-               "scale_logits": False, "input_emb_norm": False, "layer_norm_with_affine": True,
-               "bias_for_layer_norm": False}  # what LLaDA-8B uses; anything else we refuse rather than misread
+               "include_bias": False, "include_qkv_bias": False, "alibi": False,
+               "attention_layer_norm": False, "scale_logits": False, "input_emb_norm": False,
+               "layer_norm_with_affine": True, "bias_for_layer_norm": False}
 
 
 # config.json fields checked before use, named as in the file (both families' names)
-SIZE_FIELDS = ("d_model", "n_heads", "n_kv_heads", "n_layers", "mlp_hidden_size", "mlp_ratio", "vocab_size",
-               "embedding_size", "max_sequence_length", "hidden_size", "num_attention_heads",
+SIZE_FIELDS = ("d_model", "n_heads", "n_kv_heads", "n_layers", "mlp_hidden_size", "mlp_ratio",
+               "vocab_size", "embedding_size", "max_sequence_length", "hidden_size", "num_attention_heads",
                "num_key_value_heads", "num_hidden_layers", "head_dim", "intermediate_size",
                "max_position_embeddings", "block_size")
 ID_FIELDS = ("mask_token_id", "eos_token_id", "pad_token_id", "eot_token_id")
@@ -489,36 +497,48 @@ def _config_from_hf(hf, where, stop_ids):
     kind, eos = hf.get("model_type"), hf.get("eos_token_id")
     stop = tuple(dict.fromkeys([*(eos if isinstance(eos, list) else [eos]), *stop_ids]))  # ordered, unique
     if kind == "llada":
-        for key, want in LLADA_FIXED.items():
-            if hf.get(key, want) not in (want, None):
-                raise ValueError(f"{where}: LLaDA setting {key}={hf[key]!r} is not supported (need {want!r})")
-        d, nh, eos = hf["d_model"], hf["n_heads"], stop[0] if stop[0] is not None else 126081
-        return Config(family="llada", vocab_size=hf.get("embedding_size") or hf["vocab_size"], n_embd=d,
-                      n_layer=hf["n_layers"], n_head=nh, n_kv_head=hf.get("n_kv_heads") or nh, head_dim=d // nh,
-                      intermediate_size=hf.get("mlp_hidden_size") or hf.get("mlp_ratio", 4) * d,
-                      rope_theta=hf.get("rope_theta", 10000.0), max_seq_len=hf.get("max_sequence_length", 4096),
-                      norm_eps=hf.get("rms_norm_eps", 1e-5), tie_embeddings=bool(hf.get("weight_tying", False)),
-                      rope_fp32=bool(hf.get("rope_full_precision", True)), block_size=None,
-                      mask_token_id=hf.get("mask_token_id", 126336), eos_token_id=eos,
-                      stop_ids=(eos, hf.get("eot_token_id", 126348)))  # <|eot_id|> is a tokenizer id, not in config
+        return llada_config(hf, where, stop)
     if kind == "sdar":
-        for key in ("rope_scaling", "attention_bias", "use_sliding_window"):
-            if hf.get(key):
-                raise ValueError(f"{where}: SDAR setting {key}={hf[key]!r} is not supported")
-        if "block_size" not in hf:  # the Hugging Face original may lack it; SDAR-*-Chat are trained with 4
-            print(f"{where}: no block_size, using 4 for plain forwards (generation passes its own block length)")
-        stop = stop if stop[0] is not None else (151643,)
-        d, nh = hf["hidden_size"], hf["num_attention_heads"]
-        return Config(family="sdar", vocab_size=hf["vocab_size"], n_embd=d, n_layer=hf["num_hidden_layers"], n_head=nh,
-                      n_kv_head=hf.get("num_key_value_heads") or nh, head_dim=hf.get("head_dim") or d // nh,
-                      intermediate_size=hf["intermediate_size"], rope_theta=hf.get("rope_theta", 1e6),
-                      max_seq_len=hf.get("max_position_embeddings", 32768), norm_eps=hf.get("rms_norm_eps", 1e-6),
-                      tie_embeddings=bool(hf.get("tie_word_embeddings", False)), qk_norm=True, rope_fp32=False,
-                      norm_gain_fp32=True, block_size=hf.get("block_size", 4),
-                      mask_token_id=hf.get("mask_token_id", 151669), eos_token_id=stop[0], stop_ids=stop)
+        return sdar_config(hf, where, stop)
     if kind == "llada2_moe":
         return llada2_config(hf, where, [s for s in stop if s is not None])
     raise ValueError(f"{where}: unknown model_type {kind!r} (expected 'llada', 'sdar' or 'llada2_moe')")
+
+
+def llada_config(hf, where, stop):
+    """LLaDA's config.json (configuration_llada.py's names). stop: the eos ids found, None where none."""
+    for key, want in LLADA_FIXED.items():
+        if hf.get(key, want) not in (want, None):
+            raise ValueError(f"{where}: LLaDA setting {key}={hf[key]!r} is not supported (need {want!r})")
+    d, nh, eos = hf["d_model"], hf["n_heads"], stop[0] if stop[0] is not None else 126081
+    return Config(family="llada", vocab_size=hf.get("embedding_size") or hf["vocab_size"], n_embd=d,
+                  n_layer=hf["n_layers"], n_head=nh, n_kv_head=hf.get("n_kv_heads") or nh, head_dim=d // nh,
+                  intermediate_size=hf.get("mlp_hidden_size") or hf.get("mlp_ratio", 4) * d,
+                  rope_theta=hf.get("rope_theta", 10000.0), max_seq_len=hf.get("max_sequence_length", 4096),
+                  norm_eps=hf.get("rms_norm_eps", 1e-5), tie_embeddings=bool(hf.get("weight_tying", False)),
+                  rope_fp32=bool(hf.get("rope_full_precision", True)), block_size=None,
+                  mask_token_id=hf.get("mask_token_id", 126336), eos_token_id=eos,
+                  # <|eot_id|> is a tokenizer id, not in the config
+                  stop_ids=(eos, hf.get("eot_token_id", 126348)))
+
+
+def sdar_config(hf, where, stop):
+    """SDAR's config.json (Qwen3's names plus block_size). stop: the eos ids found, None where none."""
+    for key in ("rope_scaling", "attention_bias", "use_sliding_window"):
+        if hf.get(key):
+            raise ValueError(f"{where}: SDAR setting {key}={hf[key]!r} is not supported")
+    if "block_size" not in hf:  # the Hugging Face original may lack it; SDAR-*-Chat are trained with 4
+        print(f"{where}: no block_size, using 4 for plain forwards (generation passes its own block length)")
+    stop = stop if stop[0] is not None else (151643,)
+    d, nh = hf["hidden_size"], hf["num_attention_heads"]
+    return Config(family="sdar", vocab_size=hf["vocab_size"], n_embd=d, n_layer=hf["num_hidden_layers"],
+                  n_head=nh, n_kv_head=hf.get("num_key_value_heads") or nh,
+                  head_dim=hf.get("head_dim") or d // nh, intermediate_size=hf["intermediate_size"],
+                  rope_theta=hf.get("rope_theta", 1e6), max_seq_len=hf.get("max_position_embeddings", 32768),
+                  norm_eps=hf.get("rms_norm_eps", 1e-6),
+                  tie_embeddings=bool(hf.get("tie_word_embeddings", False)), qk_norm=True, rope_fp32=False,
+                  norm_gain_fp32=True, block_size=hf.get("block_size", 4),
+                  mask_token_id=hf.get("mask_token_id", 151669), eos_token_id=stop[0], stop_ids=stop)
 
 
 def llada2_config(hf, where, stop):
@@ -559,22 +579,27 @@ def llada2_config(hf, where, stop):
 def config_to_hf(cfg):
     """The official config.json for a Config, so checkpoints we train also load in the official code."""
     if cfg.family == "llada":
-        return {"model_type": "llada", "architectures": ["LLaDAModelLM"], **LLADA_FIXED, "d_model": cfg.n_embd,
-                "n_layers": cfg.n_layer, "n_heads": cfg.n_head, "n_kv_heads": cfg.n_kv_head,
-                "mlp_hidden_size": cfg.intermediate_size, "vocab_size": cfg.vocab_size, "embedding_size": cfg.vocab_size,
-                "rope_theta": cfg.rope_theta, "rope_full_precision": cfg.rope_fp32, "max_sequence_length": cfg.max_seq_len,
-                "rms_norm_eps": cfg.norm_eps, "weight_tying": cfg.tie_embeddings, "mask_token_id": cfg.mask_token_id,
-                "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.eos_token_id, "eot_token_id": cfg.stop_ids[-1],
+        return {"model_type": "llada", "architectures": ["LLaDAModelLM"], **LLADA_FIXED,
+                "d_model": cfg.n_embd, "n_layers": cfg.n_layer, "n_heads": cfg.n_head,
+                "n_kv_heads": cfg.n_kv_head, "mlp_hidden_size": cfg.intermediate_size,
+                "vocab_size": cfg.vocab_size, "embedding_size": cfg.vocab_size, "rope_theta": cfg.rope_theta,
+                "rope_full_precision": cfg.rope_fp32, "max_sequence_length": cfg.max_seq_len,
+                "rms_norm_eps": cfg.norm_eps, "weight_tying": cfg.tie_embeddings,
+                "mask_token_id": cfg.mask_token_id, "eos_token_id": cfg.eos_token_id,
+                "pad_token_id": cfg.eos_token_id, "eot_token_id": cfg.stop_ids[-1],
                 "precision": "amp_bf16", "use_cache": False}
     return {"model_type": "sdar", "architectures": ["SDARForCausalLM"], "hidden_size": cfg.n_embd,
-            "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_kv_head,
-            "head_dim": cfg.head_dim, "intermediate_size": cfg.intermediate_size, "hidden_act": "silu",
-            "vocab_size": cfg.vocab_size, "rope_theta": cfg.rope_theta, "max_position_embeddings": cfg.max_seq_len,
-            "rms_norm_eps": cfg.norm_eps, "tie_word_embeddings": cfg.tie_embeddings, "block_size": cfg.block_size,
-            "mask_token_id": cfg.mask_token_id, "eos_token_id": list(cfg.stop_ids), "torch_dtype": "bfloat16"}
+            "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
+            "num_key_value_heads": cfg.n_kv_head, "head_dim": cfg.head_dim,
+            "intermediate_size": cfg.intermediate_size, "hidden_act": "silu", "vocab_size": cfg.vocab_size,
+            "rope_theta": cfg.rope_theta, "max_position_embeddings": cfg.max_seq_len,
+            "rms_norm_eps": cfg.norm_eps, "tie_word_embeddings": cfg.tie_embeddings,
+            "block_size": cfg.block_size, "mask_token_id": cfg.mask_token_id,
+            "eos_token_id": list(cfg.stop_ids), "torch_dtype": "bfloat16"}
 
 # -----------------------------------------------------------------------------
-# Official checkpoint key names -> ours ("{}" is the layer index)
+# Official checkpoint key names -> ours ("{}" is the layer index). LLaDA's ff_proj is the SwiGLU *gate*; a
+# block's ff_out is the down projection, the top-level ff_out the LM head.
 
 LLADA_KEYS = {
     "model.transformer.wte.weight": "embed_tokens.weight",
@@ -584,15 +609,16 @@ LLADA_KEYS = {
     "model.transformer.blocks.{}.v_proj.weight": "layers.{}.self_attn.v_proj.weight",
     "model.transformer.blocks.{}.attn_out.weight": "layers.{}.self_attn.o_proj.weight",
     "model.transformer.blocks.{}.ff_norm.weight": "layers.{}.post_attention_layernorm.weight",
-    "model.transformer.blocks.{}.ff_proj.weight": "layers.{}.mlp.gate_proj.weight",  # ff_proj is the SwiGLU *gate*
+    "model.transformer.blocks.{}.ff_proj.weight": "layers.{}.mlp.gate_proj.weight",
     "model.transformer.blocks.{}.up_proj.weight": "layers.{}.mlp.up_proj.weight",
-    "model.transformer.blocks.{}.ff_out.weight": "layers.{}.mlp.down_proj.weight",   # a block's ff_out: down
+    "model.transformer.blocks.{}.ff_out.weight": "layers.{}.mlp.down_proj.weight",
     "model.transformer.ln_f.weight": "norm.weight",
-    "model.transformer.ff_out.weight": "lm_head.weight",                              # the top-level ff_out: head
+    "model.transformer.ff_out.weight": "lm_head.weight",
 }
-LAYER_PARAMS = ("input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                "self_attn.q_norm", "self_attn.k_norm", "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj",
-                "mlp.down_proj")  # a Qwen3 decoder layer's weights, named as in Hugging Face and in our Block
+# a Qwen3 decoder layer's weights, named as in Hugging Face and in our Block
+LAYER_PARAMS = ("input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                "self_attn.o_proj", "self_attn.q_norm", "self_attn.k_norm", "post_attention_layernorm",
+                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 SDAR_KEYS = {
     "model.embed_tokens.weight": "embed_tokens.weight",
     **{f"model.layers.{{}}.{name}.weight": f"layers.{{}}.{name}.weight" for name in LAYER_PARAMS},
@@ -620,24 +646,26 @@ LLADA2_KEYS = {
 KEY_MAPS = {"llada": LLADA_KEYS, "sdar": SDAR_KEYS, "llada2": LLADA2_KEYS}
 
 
-def rename(key, table):
-    """Map one key through a table with '{}' layer wildcards; None if the table has no such key."""
-    for src, dst in table.items():
-        m = re.fullmatch(re.escape(src).replace(r"\{\}", r"(\d+)"), key)
+def translate(name, pairs):
+    """Map `name` through (pattern, target) pairs with '{}' layer wildcards; None if no pattern matches."""
+    for pattern, target in pairs:
+        m = re.fullmatch(re.escape(pattern).replace(r"\{\}", r"(\d+)"), name)
         if m:
-            return dst.format(*m.groups())
+            return target.format(*m.groups())
     return None
+
+
+def rename(key, table):
+    """Map one key through a key table; None if the table has no such key."""
+    return translate(key, table.items())
+
 
 def official_name(ours, table):
     """The inverse of rename: our name -> the checkpoint's key (for messages about missing keys)."""
-    for src, dst in table.items():
-        m = re.fullmatch(re.escape(dst).replace(r"\{\}", r"(\d+)"), ours)
-        if m:
-            return src.format(*m.groups())
-    return ours
+    return translate(ours, ((dst, src) for src, dst in table.items())) or ours
 
 # -----------------------------------------------------------------------------
-# Loading and saving
+# Loading
 
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -670,7 +698,8 @@ def resolve(name_or_path):
     first = path.split("/")[0]
     if (os.path.exists(path) or path.startswith((".", "/")) or os.path.isdir(first)
             or not re.fullmatch(r"[\w.-]+/[\w.-]+", path)):
-        raise FileNotFoundError(f"{name_or_path}: no such folder (and not a Hugging Face repo id 'owner/name')")
+        raise FileNotFoundError(f"{name_or_path}: no such folder "
+                                "(and not a Hugging Face repo id 'owner/name')")
     from huggingface_hub import snapshot_download
     try:
         return snapshot_download(name_or_path, allow_patterns=HUB_FILES)
@@ -678,10 +707,11 @@ def resolve(name_or_path):
         try:
             return snapshot_download(name_or_path, allow_patterns=HUB_FILES, local_files_only=True)
         except Exception:
-            why = f"{type(online_error).__name__}: {(str(online_error).strip() or '-').splitlines()[0][:150]}"
-            raise FileNotFoundError(f"{name_or_path}: not a local folder, and not in the Hugging Face cache nor "
-                                    f"downloadable ({why}); check the name and the network, or give a folder "
-                                    "holding the checkpoint") from None
+            first_line = (str(online_error).strip() or "-").splitlines()[0][:150]  # the hub's are long
+            raise FileNotFoundError(f"{name_or_path}: not a local folder, and not in the Hugging Face cache "
+                                    f"nor downloadable ({type(online_error).__name__}: {first_line}); check "
+                                    "the name and the network, or give a folder holding the checkpoint"
+                                    ) from None
 
 
 def read_json(path, required=True):
@@ -726,7 +756,8 @@ def checkpoint_files(folder):
     if weight_map is not None:
         lost = sorted(k for k, s in weight_map.items() if where.get(k) != shards[s])
         if lost:
-            raise ValueError(f"{index}: {len(lost)} keys are not in the shards named for them, e.g. {lost[:3]}")
+            raise ValueError(f"{index}: {len(lost)} keys are not in the shards named for them, "
+                             f"e.g. {lost[:3]}")
     return where
 
 
@@ -753,7 +784,8 @@ def read_state(where, table, want, device, dtype, what):
             for key in (k for k in f.keys() if k in ours):
                 shape, stored = tuple(f.get_slice(key).get_shape()), f.get_slice(key).get_dtype()
                 if shape != tuple(want[ours[key]]):
-                    raise ValueError(f"{path}: {key} has shape {list(shape)}, expected {list(want[ours[key]])}")
+                    raise ValueError(f"{path}: {key} has shape {list(shape)}, "
+                                     f"expected {list(want[ours[key]])}")
                 if not stored.startswith(("F", "BF")):  # an integer or bool tensor is no weight
                     raise ValueError(f"{path}: {key} holds {stored} values; weights must be floating point")
                 t = f.get_tensor(key)
@@ -799,7 +831,8 @@ def from_pretrained(name_or_path, device=None, dtype=None, skip=()):
         import moe
     with torch.device("meta"):
         model = moe.build(cfg) if cfg.moe else Transformer(cfg)
-    want = {k: v.shape for k, v in model.state_dict().items() if not (cfg.tie_embeddings and k == "lm_head.weight")}
+    want = {k: v.shape for k, v in model.state_dict().items()
+            if not (cfg.tie_embeddings and k == "lm_head.weight")}
     want = moe.stored_shapes(cfg, want) if cfg.moe else want
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dtype is None:
@@ -818,6 +851,19 @@ def from_pretrained(name_or_path, device=None, dtype=None, skip=()):
     return model.eval()
 
 
+def or_exit(fn, *args, **kwargs):
+    """fn(...) for a command line: bad input (a checkpoint, a tokenizer, an argument; the message names the
+    file or field) ends the program in one line instead of a traceback."""
+    try:
+        return fn(*args, **kwargs)
+    except (KeyError, ValueError, OSError) as e:
+        raise SystemExit(str(e.args[0] if e.args else e)) from None
+
+
+# -----------------------------------------------------------------------------
+# Saving
+
+
 def official_state(model):
     """{official key: tensor} for our model, through the inverse of its family's key map."""
     if model.config.moe:
@@ -828,7 +874,8 @@ def official_state(model):
         if name == "lm_head.weight" and model.config.tie_embeddings:
             continue
         m = re.fullmatch(r"layers\.(\d+)\.(.*)", name)
-        state[inverse[f"layers.{{}}.{m.group(2)}"].format(m.group(1)) if m else inverse[name]] = t.detach().contiguous()
+        key = inverse[f"layers.{{}}.{m.group(2)}"].format(m.group(1)) if m else inverse[name]
+        state[key] = t.detach().contiguous()
     return state
 
 
@@ -847,15 +894,6 @@ def checkpoint_names(folder):
     except (KeyError, TypeError, ValueError):  # no index, or one loading would refuse anyway
         pass
     return names
-
-
-def or_exit(fn, *args, **kwargs):
-    """fn(...) for a command line: bad input (a checkpoint, a tokenizer, an argument; the message names the
-    file or field) ends the program in one line instead of a traceback."""
-    try:
-        return fn(*args, **kwargs)
-    except (KeyError, ValueError, OSError) as e:
-        raise SystemExit(str(e.args[0] if e.args else e)) from None
 
 
 def check_out_folder(out, overwrite=False, inputs=(), flag="--out"):
@@ -930,10 +968,8 @@ if __name__ == "__main__":
     ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                     help="default: the checkpoint's dtype on CUDA, float32 on CPU")
     args = ap.parse_args()
-    try:  # a bad checkpoint is one line naming the file and the field or tensor
-        m = from_pretrained(args.model, args.device, getattr(torch, args.dtype) if args.dtype else None)
-    except (KeyError, ValueError, OSError) as e:
-        raise SystemExit(str(e.args[0] if e.args else e)) from None
+    # a bad checkpoint is one line naming the file and the field or tensor
+    m = or_exit(from_pretrained, args.model, args.device, getattr(torch, args.dtype) if args.dtype else None)
     n = sum(p.numel() for p in m.parameters())
     ids = torch.tensor([[m.config.mask_token_id] * 8], device=m.lm_head.weight.device)
     with torch.no_grad():

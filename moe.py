@@ -10,7 +10,7 @@ names (model.LLADA2_KEYS), whose fused `query_key_value` matrix and per-expert t
 the model's separate q/k/v and stacked experts once, at load time.
 
 A MoE layer, per token h (the post-attention-norm hidden state), as the Hugging Face remote code
-`modeling_llada2_moe.py` does it (LLaDA2MoeGate, LLaDA2MoeSparseMoeBlock.moe_infer; models.md 5):
+`modeling_llada2_moe.py` does it (LLaDA2MoeGate, LLaDA2MoeSparseMoeBlock.moe_infer):
     s = sigmoid(W_g h)                     E expert scores, in fp32 whatever the activations' dtype
     experts in n_group contiguous groups; a group scores the sum of its 2 best (s + expert_bias);
     keep the topk_group best groups, take the top_k experts of s + expert_bias inside them

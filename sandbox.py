@@ -33,41 +33,51 @@ import time
 # main.py of every scratch dir: installs the audit hook, then runs program.py. The hook is only the second
 # layer (run_program): it is Python code inside the very interpreter that runs the untrusted program, which
 # can reach its state and switch it off (tests/test_sandbox.py does), so nothing may depend on it alone.
-# Event names and argument positions: CPython's audit events table (checked on 3.11). It uses only os and sys.
+# Event names and argument positions: CPython's audit events table (checked on 3.11). It uses only os and
+# sys.
 GUARD = r'''
 import os, sys
 
 def _install_guard(root):
     write = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-    refused = {"os.system", "os.exec", "os.fork", "os.forkpty", "os.posix_spawn", "os.spawn", "subprocess.Popen",
-               "os.kill", "os.killpg", "signal.pthread_kill", "socket.connect", "socket.bind", "socket.sendto",
-               "socket.sendmsg", "resource.setrlimit", "resource.prlimit",
-               # ctypes may be imported (numpy does, and that dlopen()s the running program itself) but may not
-               # load a library or look up a C symbol, so it cannot reach fork() or system(); nor from_address()
+    refused = {"os.system", "os.exec", "os.fork", "os.forkpty", "os.posix_spawn", "os.spawn",
+               "subprocess.Popen", "os.kill", "os.killpg", "signal.pthread_kill", "socket.connect",
+               "socket.bind", "socket.sendto", "socket.sendmsg", "resource.setrlimit", "resource.prlimit",
+               # ctypes may be imported (numpy does, and that dlopen()s the running program itself) but may
+               # not load a library or look up a C symbol, so it cannot reach fork() or system(); nor
+               # from_address()
                "ctypes.dlsym", "ctypes.dlsym/handle", "ctypes.cdata"}
     no_import = {"_posixsubprocess"}  # only seen if it is deleted from sys.modules and imported again
     # event -> its (path argument, dir_fd argument) pairs, which must stay inside the scratch dir
     paths = {"os.remove": [(0, 1)], "os.rmdir": [(0, 1)], "os.mkdir": [(0, 2)], "os.chmod": [(0, 2)],
-             "os.chown": [(0, 3)], "os.rename": [(0, 2), (1, 3)], "os.link": [(0, 2), (1, 3)], "os.symlink": [(1, 2)],
-             "os.utime": [(0, 3)], "shutil.rmtree": [(0, 1)], "os.truncate": [(0, None)], "os.chflags": [(0, None)],
-             "os.setxattr": [(0, None)], "os.removexattr": [(0, None)], "sqlite3.connect": [(0, None)]}
+             "os.chown": [(0, 3)], "os.rename": [(0, 2), (1, 3)], "os.link": [(0, 2), (1, 3)],
+             "os.symlink": [(1, 2)], "os.utime": [(0, 3)], "shutil.rmtree": [(0, 1)],
+             "os.truncate": [(0, None)], "os.chflags": [(0, None)], "os.setxattr": [(0, None)],
+             "os.removexattr": [(0, None)], "sqlite3.connect": [(0, None)]}
 
     def outside(path, dir_fd=None):  # the real path if it is outside the scratch dir, else None
         if isinstance(path, int):  # a descriptor (fchmod, ftruncate): where it points
             where = os.readlink(f"/proc/self/fd/{path}")
         else:
-            base = os.readlink(f"/proc/self/fd/{dir_fd}") if isinstance(dir_fd, int) and dir_fd >= 0 else os.getcwd()
+            if isinstance(dir_fd, int) and dir_fd >= 0:
+                base = os.readlink(f"/proc/self/fd/{dir_fd}")
+            else:
+                base = os.getcwd()
             where = os.path.realpath(os.path.join(base, os.fsdecode(path)))
         return None if where == root or where.startswith(root + os.sep) else where
 
     def hook(event, args):
-        if event in refused or (event == "import" and args[0] in no_import) or (event == "ctypes.dlopen" and args[0]):
-            raise PermissionError(f"{event} {args[0] if event == 'import' else ''}".strip() + " is not allowed in the sandbox")
+        if (event in refused or (event == "import" and args[0] in no_import)
+                or (event == "ctypes.dlopen" and args[0])):
+            what = f"{event} {args[0] if event == 'import' else ''}".strip()
+            raise PermissionError(what + " is not allowed in the sandbox")
         if event == "open" and args[0] is not None and not isinstance(args[0], int):
             path, mode, flags = args
-            writing = (isinstance(flags, int) and flags & write) or (isinstance(mode, str) and set(mode) & set("wax+"))
+            writing = ((isinstance(flags, int) and flags & write)
+                       or (isinstance(mode, str) and set(mode) & set("wax+")))
             where = outside(path)
-            # directories too: a descriptor of one would let os.open(name, O_CREAT, dir_fd=...) create files there
+            # directories too: a descriptor of one would let os.open(name, O_CREAT, dir_fd=...) create
+            # files there
             if where and where != os.devnull and (writing or os.path.isdir(where)):
                 raise PermissionError(f"opening {where} outside the scratch dir for writing is not allowed")
         for i, j in paths.get(event, ()):
@@ -75,8 +85,9 @@ def _install_guard(root):
             if where:
                 raise PermissionError(f"{event} on {where} outside the scratch dir is not allowed")
 
-    # multiprocessing's spawn / forkserver start processes with _posixsubprocess.fork_exec, which raises no audit
-    # event of its own: take it away before the hook goes in (importing the module afresh is refused above)
+    # multiprocessing's spawn / forkserver start processes with _posixsubprocess.fork_exec, which raises no
+    # audit event of its own: take it away before the hook goes in (importing the module afresh is refused
+    # above)
     import _posixsubprocess
     def fork_exec(*args, **kwargs):
         raise PermissionError("_posixsubprocess.fork_exec is not allowed in the sandbox")
@@ -128,11 +139,11 @@ SYSCALLS = {
 # kernel surface), kernel keyrings (shared by all processes of a uid), bpf / perf / userfaultfd, io_uring
 # (its operations bypass seccomp), ptrace and taking another process's memory or files, and System V IPC
 # (shared memory segments outlive their mapping, so they would escape RLIMIT_AS).
-DENIED_SYSCALLS = ("unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "open_tree", "move_mount",
-                   "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr", "keyctl", "add_key",
-                   "request_key", "bpf", "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter",
-                   "io_uring_register", "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd",
-                   "shmget", "semget", "msgget")
+DENIED_SYSCALLS = ("unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "open_tree",
+                   "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr", "keyctl",
+                   "add_key", "request_key", "bpf", "perf_event_open", "userfaultfd", "io_uring_setup",
+                   "io_uring_enter", "io_uring_register", "ptrace", "process_vm_readv", "process_vm_writev",
+                   "pidfd_getfd", "shmget", "semget", "msgget")
 SANDBOX_GRACE = 30.0  # seconds the evaluator waits beyond the timeout for the sandbox's own clean-up
 HERE_FILE = os.path.abspath(__file__)
 
@@ -201,15 +212,19 @@ def run_program(code, timeout=3.0, memory_mb=1024, max_procs=64, max_file_mb=10,
     limits = [(resource.RLIMIT_AS, memory_mb << 20), (resource.RLIMIT_CPU, math.ceil(timeout) + 1),
               (resource.RLIMIT_FSIZE, max_file_mb << 20), (resource.RLIMIT_NPROC, max_procs),
               (resource.RLIMIT_NOFILE, max_open_files), (resource.RLIMIT_CORE, 0)]
-    hard = {r: resource.getrlimit(r)[1] for r, _ in limits}
     cfg = dict(mode=boundary, timeout=timeout, allow_fork=allow_fork, scratch_mb=max(4 * max_file_mb, 16),
-               limits=[(r, v if hard[r] == resource.RLIM_INFINITY else min(v, hard[r])) for r, v in limits],
-               executable=os.path.abspath(sys.executable), env=PROGRAM_ENV, python_dirs=_python_dirs(),
-               parent=os.getpid())
+               limits=_within_hard_limits(limits), executable=os.path.abspath(sys.executable),
+               env=PROGRAM_ENV, python_dirs=_python_dirs(), parent=os.getpid())
     result = _run_limited(code, cfg) if boundary == "limits" else _run_isolated(code, cfg)
     if result["status"] == "error":
         raise RuntimeError(f"the code sandbox failed to start ({boundary}): {result['stderr_tail'].strip()}")
     return result
+
+
+def _within_hard_limits(limits):
+    """(resource, value) pairs lowered to this process's hard limits (a process cannot raise those)."""
+    hard = {r: resource.getrlimit(r)[1] for r, _ in limits}
+    return [(r, v if hard[r] == resource.RLIM_INFINITY else min(v, hard[r])) for r, v in limits]
 
 
 def _run_isolated(code, cfg):
@@ -250,8 +265,8 @@ def _run_limited(code, cfg):
     errors, finished = [line[6:] for line in r.pop("report") if line.startswith("error ")], r.pop("finished")
     if errors:
         return dict(r, status="error", stderr_tail=errors[0])
-    status = "timeout" if not finished else "passed" if r["returncode"] == 0 else "failed"
-    return dict(r, status=status, namespace=None)
+    status = "passed" if r["returncode"] == 0 else "failed"
+    return dict(r, status=status if finished else "timeout", namespace=None)
 
 
 def _start_sandbox(cfg, cwd, stdin, wait):
@@ -308,12 +323,12 @@ def code_boundary():
             reasons = [_probe(boundary) for boundary in tried]
             _boundary["mode"] = next((b for b, r in zip(tried, reasons) if r is None), "limits")
             if _boundary["mode"] == "limits":
-                print(f"sandbox.py: WARNING: model-written code will run WITHOUT an operating-system boundary: "
-                      f"{'; '.join(dict.fromkeys(reasons))}. Only resource limits, a fresh environment, a "
-                      "seccomp filter (Linux) and an in-process audit hook that the code itself can switch "
-                      "off stand between it and this machine: it can read, and with the hook off write, "
-                      "whatever this user can. Run it on Linux with user namespaces (or as root) for the "
-                      "real boundary.", file=sys.stderr, flush=True)
+                print("sandbox.py: WARNING: model-written code will run WITHOUT an operating-system "
+                      f"boundary: {'; '.join(dict.fromkeys(reasons))}. Only resource limits, a fresh "
+                      "environment, a seccomp filter (Linux) and an in-process audit hook that the code "
+                      "itself can switch off stand between it and this machine: it can read, and with the "
+                      "hook off write, whatever this user can. Run it on Linux with user namespaces (or as "
+                      "root) for the real boundary.", file=sys.stderr, flush=True)
         return _boundary["mode"]
 
 
@@ -342,8 +357,8 @@ def _libc(name, *args):
     """Call a libc function by name (str -> char *, int -> unsigned long); an OSError naming it on failure."""
     import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
-    args = [a.encode() if isinstance(a, str) else ctypes.c_ulong(a) if isinstance(a, int) else a
-            for a in args]
+    args = [a.encode() if isinstance(a, str) else a for a in args]
+    args = [ctypes.c_ulong(a) if isinstance(a, int) else a for a in args]
     if getattr(libc, name)(*args) == -1:
         err = ctypes.get_errno()
         shown = tuple(getattr(a, "value", a) for a in args)

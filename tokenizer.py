@@ -40,18 +40,21 @@ import tiktoken
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 HIDE = "\ue000"  # encode_chat: marks special-token text inside content (a private-use character)
 IM_START, IM_END, THINK, END_THINK = "<|im_start|>", "<|im_end|>", "<think>", "</think>"
-BOS, HEADER_START, HEADER_END, EOT = "<|startoftext|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"
+BOS, EOT = "<|startoftext|>", "<|eot_id|>"
+HEADER_START, HEADER_END = "<|start_header_id|>", "<|end_header_id|>"
 ROLE_END, ROLE, END_ROLE = "<|role_end|>", "<role>", "</role>"
 # a chat format needs all its markers among the added tokens: Qwen2.5 has no <think>, Llama 3 (same
 # headers as LLaDA) has no <|startoftext|>, and LLaDA's Ling-1 tokenizer has <role> but no <|role_end|>
-CHAT_FORMATS = {"qwen3": (IM_START, IM_END, THINK, END_THINK), "llada": (BOS, HEADER_START, HEADER_END, EOT),
+CHAT_FORMATS = {"qwen3": (IM_START, IM_END, THINK, END_THINK),
+                "llada": (BOS, HEADER_START, HEADER_END, EOT),
                 "ling2": (ROLE_END, ROLE, END_ROLE)}
 
 
 def bytes_to_unicode():
     """GPT-2's byte -> character map: printable Latin-1 bytes stand for themselves and the other
     68 bytes move to U+0100.., so no token string holds a space or a control character."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+            *range(ord("®"), ord("ÿ") + 1)]
     moved = [b for b in range(256) if b not in keep]
     return {**{b: chr(b) for b in keep}, **{b: chr(256 + n) for n, b in enumerate(moved)}}
 
@@ -71,7 +74,8 @@ def is_id(i):
 
 
 def is_kind(part, kind, **flags):
-    return isinstance(part, dict) and part.get("type") == kind and all(part.get(k) == v for k, v in flags.items())
+    return (isinstance(part, dict) and part.get("type") == kind
+            and all(part.get(k) == v for k, v in flags.items()))
 
 
 def pre_tokenizer_pattern(pre, path):
@@ -148,7 +152,8 @@ def read_merges(merges, vocab, id_bytes, b2u, path):
             raise ValueError(f"{path}: merge {i} is {m!r}, not a pair of token strings")
         a, b = pair
         if a not in vocab or b not in vocab or a + b not in vocab:
-            raise ValueError(f"{path}: merge {i} {a!r} {b!r} uses or makes a token missing from the vocabulary")
+            raise ValueError(f"{path}: merge {i} {a!r} {b!r} uses or makes a token missing from the "
+                             "vocabulary")
         if a + b in made:  # Hugging Face ranks pairs but tiktoken ranks strings: one rank per string
             raise ValueError(f"{path}: merges {made[a + b]} and {i} both make {a + b!r}")
         made[a + b] = i
@@ -230,20 +235,29 @@ class Tokenizer:
             if (model.get("type") != "BPE" or model.get("byte_fallback") or model.get("dropout")
                     or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix")):
                 flags = {k: v for k, v in model.items() if k not in ("vocab", "merges")}
-                raise ValueError(f"{path}: model must be a BPE without byte_fallback, dropout or affixes, got {flags}")
+                raise ValueError(f"{path}: model must be a BPE without byte_fallback, dropout or affixes, "
+                                 f"got {flags}")
             norm = spec.get("normalizer")
-            steps = norm.get("normalizers") if is_kind(norm, "Sequence") else [norm] if norm else []
+            if is_kind(norm, "Sequence"):
+                steps = norm.get("normalizers")
+            else:
+                steps = [norm] if norm else []
             if not all(is_kind(s, "NFC") for s in steps):
-                raise ValueError(f"{path}: unsupported normalizer {json.dumps(norm)} (only NFC is implemented)")
+                raise ValueError(f"{path}: unsupported normalizer {json.dumps(norm)} "
+                                 "(only NFC is implemented)")
             if not is_kind(spec.get("decoder"), "ByteLevel"):
-                raise ValueError(f"{path}: unsupported decoder {json.dumps(spec.get('decoder'))} (need ByteLevel)")
+                raise ValueError(f"{path}: unsupported decoder {json.dumps(spec.get('decoder'))} "
+                                 "(need ByteLevel)")
             pattern = pre_tokenizer_pattern(spec.get("pre_tokenizer"), path)
-            ranks, specials, self._rank_to_id, self._id_bytes = bpe_tables(model["vocab"], model["merges"], added, path)
+            ranks, specials, self._rank_to_id, self._id_bytes = bpe_tables(model["vocab"], model["merges"],
+                                                                            added, path)
             if model.get("ignore_merges") and len(ranks) < len(model["vocab"]):
                 # with ignore_merges Hugging Face emits any whole-word token, even the unreachable ones
-                raise ValueError(f"{path}: ignore_merges=true with tokens that no merge makes is not supported")
+                raise ValueError(f"{path}: ignore_merges=true with tokens that no merge makes is not "
+                                 "supported")
         except (KeyError, TypeError, AttributeError) as e:
-            raise ValueError(f"{path}: unexpected tokenizer.json structure ({type(e).__name__}: {e})") from None
+            raise ValueError(f"{path}: unexpected tokenizer.json structure "
+                             f"({type(e).__name__}: {e})") from None
         try:
             self._enc = tiktoken.Encoding(os.path.basename(os.path.abspath(folder)), pat_str=pattern,
                                           mergeable_ranks=ranks, special_tokens=specials)
@@ -254,21 +268,29 @@ class Tokenizer:
         self.special_ids = {t["content"]: t["id"] for t in added}
         self._special = {t["id"] for t in added if t.get("special")}  # what skip_special_tokens drops
         self.vocab_size = max(self._id_bytes) + 1
+        self._read_special_tokens(config, config_path)
+        # a chat template, when the folder has one (newer folders keep it in chat_template.jinja),
+        # must carry the markers too; the LLaDA template writes its BOS as the bos_token variable
+        jinja = os.path.join(folder, "chat_template.jinja")
+        template = (config.get("chat_template")
+                    or os.path.exists(jinja) and open(jinja, encoding="utf-8").read())
+        self.chat_format = next((f for f, marks in CHAT_FORMATS.items()
+                                 if all(m in self.special_ids for m in marks)
+                                 and all(m in str(template) for m in marks[1:] if template)), None)
+
+    def _read_special_tokens(self, config, config_path):
+        """bos_token_id, eos_token_id, pad_token_id, mask_token_id from tokenizer_config.json (None where
+        it names none); each must be a single token."""
         for key in ("bos_token", "eos_token", "pad_token", "mask_token"):
             name = config.get(key)  # a string, or a dict with a "content" key
             if not (name is None or isinstance(name, str) or isinstance(name, dict) and isinstance(
                     name.get("content"), str)):
                 raise ValueError(f"{config_path}: {key} must be a token string, got {name!r}")
-            ids = self.encode(name.get("content") if isinstance(name, dict) else name) if name else None
+            text = name.get("content") if isinstance(name, dict) else name
+            ids = self.encode(text) if name else None
             if ids is not None and len(ids) != 1:
                 raise ValueError(f"{config_path}: {key} {name!r} is not a single token")
             setattr(self, key + "_id", ids[0] if ids else None)
-        # a chat template, when the folder has one (newer folders keep it in chat_template.jinja),
-        # must carry the markers too; the LLaDA template writes its BOS as the bos_token variable
-        jinja = os.path.join(folder, "chat_template.jinja")
-        template = config.get("chat_template") or os.path.exists(jinja) and open(jinja, encoding="utf-8").read()
-        self.chat_format = next((f for f, marks in CHAT_FORMATS.items() if all(m in self.special_ids for m in marks)
-                                 and all(m in str(template) for m in marks[1:] if template)), None)
 
     def encode(self, text, specials=True):
         """Text -> ids, no BOS / EOS added. specials=True: added-token text becomes the added token (a
@@ -356,10 +378,12 @@ class Tokenizer:
         if self.chat_format == "llada":
             # as the official template: BOS before the first turn, content stripped, and the
             # assistant header ALWAYS appended (it ignores add_generation_prompt)
-            turns = [f"{HEADER_START}{m['role']}{HEADER_END}\n\n{m['content'].strip()}{EOT}" for m in messages]
+            turns = [f"{HEADER_START}{m['role']}{HEADER_END}\n\n{m['content'].strip()}{EOT}"
+                     for m in messages]
             return (BOS if messages else "") + "".join(turns) + f"{HEADER_START}assistant{HEADER_END}\n\n"
         if tools or any(m["role"] == "tool" or m.get("tool_calls") for m in messages):
-            raise NotImplementedError("tool calls and tool results are not supported by this chat template port")
+            raise NotImplementedError("tool calls and tool results are not supported by this chat template "
+                                      "port")
         if self.chat_format == "ling2":
             return ling2_chat(messages, add_generation_prompt)
         last_query = last_query_index(messages)
@@ -372,7 +396,8 @@ class Tokenizer:
                 reasoning, content = split_reasoning(m)
                 if i > last_query and (i == len(messages) - 1 or reasoning):
                     reasoning, content = reasoning.strip("\n"), content.lstrip("\n")
-                    out.append(f"{IM_START}assistant\n{THINK}\n{reasoning}\n{END_THINK}\n\n{content}{IM_END}\n")
+                    out.append(f"{IM_START}assistant\n{THINK}\n{reasoning}\n{END_THINK}\n\n"
+                               f"{content}{IM_END}\n")
                 else:
                     out.append(f"{IM_START}assistant\n{content}{IM_END}\n")
             else:  # the official template silently drops unknown roles; we would rather say so
@@ -434,20 +459,25 @@ def load_tokenizer(folder):
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description="Encode, decode and render chat prompts with a tokenizer folder.")
+    ap = argparse.ArgumentParser(description="Encode, decode and render chat prompts with a tokenizer "
+                                             "folder.")
     ap.add_argument("folder", help="folder holding tokenizer.json and (optionally) tokenizer_config.json")
     ap.add_argument("--text", help="text to encode; prints the ids and the decoded round trip")
     ap.add_argument("--chat", help="one user message; prints the rendered chat prompt and its ids")
-    ap.add_argument("--no-thinking", action="store_true", help="Qwen3 only: render with enable_thinking=False")
+    ap.add_argument("--no-thinking", action="store_true",
+                    help="Qwen3 only: render with enable_thinking=False")
     args = ap.parse_args()
     t0 = time.time()
     tok = load_tokenizer(args.folder)
-    print(f"loaded in {time.time() - t0:.2f}s: vocab_size {tok.vocab_size}, chat format {tok.chat_format}, bos "
-          f"{tok.bos_token_id}, eos {tok.eos_token_id}, pad {tok.pad_token_id}, ranks are ids {tok.ranks_are_ids}")
+    print(f"loaded in {time.time() - t0:.2f}s: vocab_size {tok.vocab_size}, chat format {tok.chat_format}, "
+          f"bos {tok.bos_token_id}, eos {tok.eos_token_id}, pad {tok.pad_token_id}, "
+          f"ranks are ids {tok.ranks_are_ids}")
     if args.text is not None:
-        ids, want = tok.encode(args.text), unicodedata.normalize("NFC", args.text) if tok.nfc else args.text
+        ids = tok.encode(args.text)
+        want = unicodedata.normalize("NFC", args.text) if tok.nfc else args.text
         back = tok.decode(ids)
         print(f"ids ({len(ids)}): {ids}\ndecoded: {back!r}\nround trip exact (after NFC): {back == want}")
     if args.chat is not None:
-        prompt = tok.apply_chat_template([{"role": "user", "content": args.chat}], enable_thinking=not args.no_thinking)
+        prompt = tok.apply_chat_template([{"role": "user", "content": args.chat}],
+                                         enable_thinking=not args.no_thinking)
         print(f"prompt: {prompt!r}\nids: {tok.encode(prompt)}")

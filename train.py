@@ -25,10 +25,11 @@ Recipes (masked diffusion; the model predicts every masked token at once, no shi
          gen_length]; per sample t ~ U(0,1), p = (1 - 1e-3) t + 1e-3; each answer token masked with
          probability p (the prompt never); loss = sum over masked tokens of CE / p, divided by the answer
          length (EOS padding included, so the model learns where to stop), averaged over the batch.
-  sdar   block diffusion as SDAR / BD3-LM train it (models.md 2.4): the input is [x_t | x_0], a noisy and
-         a clean copy with the same positions; a noisy token sees its own noisy block and the clean blocks
-         before it, a clean token sees clean blocks up to its own (`block_diff_mask`). Same noise and
-         1/p weighting, loss on the noisy half. Blocks of --block-size (4) are aligned to position 0.
+  sdar   block diffusion as SDAR / BD3-LM train it (SDAR's training code; BD3-LM, arXiv 2503.09573):
+         the input is [x_t | x_0], a noisy and a clean copy with the same positions; a noisy token sees
+         its own noisy block and the clean blocks before it, a clean token sees clean blocks up to its own
+         (`block_diff_mask`). Same noise and 1/p weighting, loss on the noisy half. Blocks of --block-size
+         (4) are aligned to position 0.
 Both: AdamW, linear warm-up then cosine decay, gradient clipping; batches are a pure function of
 (seed, step), so an interrupted run resumes exactly; checkpoints are written to a temporary file and
 renamed (atomic). Differences from the official recipes: tiny sizes, one fixed answer length for LLaDA,
@@ -53,17 +54,20 @@ import model as M
 import tasks
 from tokenizer import load_tokenizer
 
-# special tokens of both chat formats (models.md 4.1, 4.2), appended after the BPE vocabulary
+# special tokens of both chat formats (LLaDA-8B-Instruct's and Qwen3's tokenizer_config.json), appended after
+# the BPE vocabulary
 SPECIALS = ["<|endoftext|>", "<|startoftext|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
             "<|mdm_mask|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<|MASK|>"]
-PATTERN = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+           r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
 # the official chat templates' behaviour, as jinja (tokenizer.py renders them in Python)
 TEMPLATES = {
-    "llada": "{% for message in messages %}{% if loop.index0 == 0 %}{{ bos_token }}{% endif %}<|start_header_id|>"
-             "{{ message['role'] }}<|end_header_id|>\n\n{{ message['content'] | trim }}<|eot_id|>{% endfor %}"
+    "llada": "{% for message in messages %}{% if loop.index0 == 0 %}{{ bos_token }}{% endif %}"
+             "<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+             "{{ message['content'] | trim }}<|eot_id|>{% endfor %}"
              "<|start_header_id|>assistant<|end_header_id|>\n\n",
-    "sdar": "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-            "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    "sdar": "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+            "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
             "{# Qwen3's <think> and </think> handling of assistant turns is omitted here #}",
 }
 
@@ -87,7 +91,7 @@ def bpe_train(text, vocab_size, pattern):
                 pairs[pair] += n
         if not pairs:
             break
-        best = max(pairs, key=lambda p: (pairs[p], p))  # ties broken by the bytes, so the result is reproducible
+        best = max(pairs, key=lambda p: (pairs[p], p))  # ties broken by the bytes: a reproducible result
         merges.append(best)
         merged = Counter()
         for w, n in words.items():
@@ -119,16 +123,19 @@ def write_tokenizer(folder, family, seed=0, n_problems=3000, bpe_size=512):
     vocab = {as_str(t): r for t, r in ranks.items()}
     merges = [[as_str(a), as_str(b)] for a, b in merges]
     added = [{"id": n_base + i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
-              "normalized": False, "special": s not in ("<think>", "</think>")} for i, s in enumerate(SPECIALS)]
-    spec = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": {"type": "NFC"},
+              "normalized": False, "special": s not in ("<think>", "</think>")}
+             for i, s in enumerate(SPECIALS)]
+    spec = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+            "normalizer": {"type": "NFC"},
             "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
                 {"type": "Split", "pattern": {"Regex": PATTERN}, "behavior": "Isolated", "invert": False},
                 {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
-            "post_processor": None, "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
-                                                "use_regex": True},
+            "post_processor": None,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
+                        "use_regex": True},
             "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
-                      "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                      "vocab": vocab, "merges": merges}}
+                      "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False,
+                      "ignore_merges": False, "vocab": vocab, "merges": merges}}
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": False, "add_eos_token": False,
               "bos_token": "<|startoftext|>" if family == "llada" else None, "eos_token": "<|endoftext|>",
               "pad_token": "<|endoftext|>", "mask_token": "<|mdm_mask|>" if family == "llada" else "<|MASK|>",
@@ -168,8 +175,8 @@ def make_batch(tok, family, step, seed, batch_size, length, held_out, sample=tas
             rows.append((p, ans))
             misses = 0
         elif (misses := misses + 1) >= 1000:  # instead of drawing forever
-            raise SystemExit(f"length {length}: 1000 examples in a row do not fit ({len(p) + len(ans)} tokens, "
-                             f"{len(ans)} of them answer); raise --length")
+            raise SystemExit(f"length {length}: 1000 examples in a row do not fit ({len(p) + len(ans)} "
+                             f"tokens, {len(ans)} of them answer); raise --length")
     P = max(len(p) for p, _ in rows) if family == "llada" else 0
     T = P + length if family == "llada" else length
     ids = torch.full((batch_size, T), eos)
@@ -199,8 +206,10 @@ def dev_accuracy(net, tok, family, n, gen_length, block_size, decoder=None):
             x, st = decode.block_generate(net, prompts, gen_length=gen_length, block_length=block_size,
                                           denoising_steps=block_size)
     net.train()
-    outs = [tok.decode(x[i, s:s + k].tolist()) for i, (s, k) in enumerate(zip(st["gen_start"], st["gen_tokens"]))]
-    return sum(tasks.is_correct("tiny", tasks.extract_answer("tiny", o), r["gold"]) for o, r in zip(outs, recs)) / n
+    outs = [tok.decode(x[i, s:s + k].tolist())
+            for i, (s, k) in enumerate(zip(st["gen_start"], st["gen_tokens"]))]
+    right = [tasks.is_correct("tiny", tasks.extract_answer("tiny", o), r["gold"]) for o, r in zip(outs, recs)]
+    return sum(right) / n
 
 # -----------------------------------------------------------------------------
 # Masked-diffusion losses
@@ -249,7 +258,8 @@ def loss_step(net, family, mask_id, ids, prompt_mask, pad, generator, block_size
     """One training loss. residual(x_t, ids, pad) -> embed_hook lets train_residual.py change the input."""
     x_t, masked, p = add_noise(ids, prompt_mask, mask_id, generator)
     hook = None if residual is None else residual(x_t, ids, pad)
-    return diffusion_loss(noisy_logits(net, family, x_t, ids, pad, block_size, hook), ids, masked, p, prompt_mask)
+    logits = noisy_logits(net, family, x_t, ids, pad, block_size, hook)
+    return diffusion_loss(logits, ids, masked, p, prompt_mask)
 
 # -----------------------------------------------------------------------------
 # Training loop, shared with train_residual.py: resumable and atomic here, and the same code on GPUs
@@ -304,7 +314,8 @@ def unwrapped(net):
 def full_state(net):
     """The whole model's state dict on CPU (gathered from the shards under FSDP)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    return get_model_state_dict(unwrapped(net), options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(unwrapped(net), options=options)
 
 
 def save_state(folder, net, opt, step, rank):
@@ -436,8 +447,8 @@ def interrupted(main):
         raise SystemExit(130) from None
 
 
-def train(net, opt, steps, lr, warmup, out, batch_fn, loss_fn, save_every, desc, grad_accum=1, rank=0, world=1,
-          device=torch.device("cpu"), amp_dtype=None, evaluate=None, eval_every=0):
+def train(net, opt, steps, lr, warmup, out, batch_fn, loss_fn, save_every, desc, grad_accum=1, rank=0,
+          world=1, device=torch.device("cpu"), amp_dtype=None, evaluate=None, eval_every=0):
     """batch_fn(i) -> tensors for micro-batch i (a pure function of i, so a resumed run is the same run);
     loss_fn(*tensors, i) -> loss. Micro-batch i = (step * grad_accum + micro) * world + rank."""
     from tqdm import tqdm
@@ -452,8 +463,9 @@ def train(net, opt, steps, lr, warmup, out, batch_fn, loss_fn, save_every, desc,
         for micro in range(grad_accum):
             i = (step * grad_accum + micro) * world + rank
             sync = micro == grad_accum - 1 or not isinstance(net, torch.nn.parallel.DistributedDataParallel)
-            with (contextlib.nullcontext() if sync else net.no_sync()), \
-                    torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32,
+                                      enabled=amp_dtype is not None)
+            with (contextlib.nullcontext() if sync else net.no_sync()), autocast:
                 loss = loss_fn(*[t.to(device) for t in batch_fn(i)], i) / grad_accum
             loss.backward()
             total += loss.item()
@@ -497,18 +509,23 @@ def fit(model, cfg, tok, args, out, rank, world, device, length, block_size, des
     dev/test problems), through `train`, then the official-format export. Shared by both training CLIs;
     `args` carries the loop's knobs (seed, batch_size, steps, lr, warmup, save_every, grad_accum, amp, ...).
     state: the folder of the resumable state (state_dir(out)); tokenizer_from: see export."""
-    held_out = {r["question"] for r in tasks.tiny_records("test")} | {r["question"] for r in tasks.tiny_records("dev")}
+    held_out = {r["question"] for split in ("test", "dev") for r in tasks.tiny_records(split)}
     gen = torch.Generator()
 
     def batch(i):
         gen.manual_seed(args.seed * 1_000_003 + i)  # the noise, too, is a function of the micro-batch
         return make_batch(tok, cfg.family, i, args.seed, args.batch_size, length, held_out, sample)
+
+    def loss(ids, pm, pad, i):
+        return loss_step(model, cfg.family, cfg.mask_token_id, ids, pm, pad, gen, block_size, residual)
+
+    def evaluate():  # dev accuracy at one token per step
+        return dev_accuracy(unwrapped(model), tok, cfg.family, args.eval_n, 56, block_size, decoder)
     t0 = time.time()
-    train(model, make_optimizer(model, args.lr), args.steps, args.lr, args.warmup, state or out, batch,
-          lambda ids, pm, pad, i: loss_step(model, cfg.family, cfg.mask_token_id, ids, pm, pad, gen, block_size, residual),
-          args.save_every, desc, args.grad_accum, rank, world, device, getattr(torch, args.amp) if args.amp else None,
-          eval_every=0 if args.fsdp else args.eval_every,
-          evaluate=lambda: dev_accuracy(unwrapped(model), tok, cfg.family, args.eval_n, 56, block_size, decoder))
+    amp = getattr(torch, args.amp) if args.amp else None
+    train(model, make_optimizer(model, args.lr), args.steps, args.lr, args.warmup, state or out, batch, loss,
+          args.save_every, desc, args.grad_accum, rank, world, device, amp, evaluate=evaluate,
+          eval_every=0 if args.fsdp else args.eval_every)
     export(model, cfg, out, rank, tokenizer_from=tokenizer_from)
     if rank == 0:
         print(f"saved {out} ({(time.time() - t0) / 60:.1f} min this run)")
@@ -522,14 +539,19 @@ def add_loop_args(ap, steps, lr, warmup, save_every, seed, eval_every):
         "" if steps else " (default: 3000 for llada, 1800 for sdar: under 30 minutes each on 2 CPU cores)"))
     ap.add_argument("--batch-size", type=int, default=32, help="sequences per micro-batch (per process)")
     ap.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    ap.add_argument("--lr", type=float, default=lr, help="peak learning rate (AdamW; warm-up, then cosine to 0.1x)")
+    ap.add_argument("--lr", type=float, default=lr,
+                    help="peak learning rate (AdamW; warm-up, then cosine to 0.1x)")
     ap.add_argument("--warmup", type=int, default=warmup, help="linear warm-up steps")
-    ap.add_argument("--seed", type=int, default=seed, help="seed for data order and noise (and fresh weights)")
+    ap.add_argument("--seed", type=int, default=seed,
+                    help="seed for data order and noise (and fresh weights)")
     ap.add_argument("--save-every", type=int, default=save_every, help="steps between resumable checkpoints")
-    ap.add_argument("--eval-every", type=int, default=eval_every, help="steps between dev accuracy checks (0: never)")
+    ap.add_argument("--eval-every", type=int, default=eval_every,
+                    help="steps between dev accuracy checks (0: never)")
     ap.add_argument("--eval-n", type=int, default=64, help="dev problems per check")
-    ap.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available; cuda:LOCAL_RANK under torchrun)")
-    ap.add_argument("--amp", choices=["bfloat16", "float16"], default=None, help="autocast dtype (default: float32 throughout)")
+    ap.add_argument("--device", default=None,
+                    help="cuda / cpu (default: cuda if available; cuda:LOCAL_RANK under torchrun)")
+    ap.add_argument("--amp", choices=["bfloat16", "float16"], default=None,
+                    help="autocast dtype (default: float32 throughout)")
     ap.add_argument("--checkpointing", action="store_true", help="activation checkpointing per block")
     ap.add_argument("--fsdp", action="store_true", help="under torchrun: FSDP2 instead of DDP")
     ap.add_argument("--fresh", action="store_true", help="start this run over instead of resuming it")
@@ -544,17 +566,24 @@ def loop_settings(args, world, **more):
     return {**{k: getattr(args, k) for k in keys}, "world": world, **more}
 
 
-def main():
+SHAPE_ARGS = ("n_embd", "n_layer", "n_head", "n_kv_head", "length", "block_size")  # a resume must match
+
+
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--family", choices=["llada", "sdar"], required=True, help="checkpoint format and training recipe")
-    ap.add_argument("--out", required=True, help="output folder (checkpoint, tokenizer, resumable train_state.pt)")
+    ap.add_argument("--family", choices=["llada", "sdar"], required=True,
+                    help="checkpoint format and training recipe")
+    ap.add_argument("--out", required=True,
+                    help="output folder (checkpoint, tokenizer, resumable train_state.pt)")
     add_loop_args(ap, steps=None, lr=2e-3, warmup=100, save_every=250, seed=0, eval_every=500)
     ap.add_argument("--n-embd", type=int, default=128, help="hidden size")
     ap.add_argument("--n-layer", type=int, default=6, help="layers")
     ap.add_argument("--n-head", type=int, default=4, help="attention heads (head_dim = n_embd / n_head)")
-    ap.add_argument("--n-kv-head", type=int, default=None, help="key/value heads (default: n_head for llada, n_head/2 for sdar)")
+    ap.add_argument("--n-kv-head", type=int, default=None,
+                    help="key/value heads (default: n_head for llada, n_head/2 for sdar)")
     ap.add_argument("--length", type=int, default=None,
-                    help="llada: answer tokens, the gen_length used at inference (default 56); sdar: prompt + answer (default 96, a multiple of the block size)")
+                    help="llada: answer tokens, the gen_length used at inference (default 56); sdar: "
+                         "prompt + answer (default 96, a multiple of the block size)")
     ap.add_argument("--block-size", type=int, default=4, help="SDAR block size")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = ap.parse_args()
@@ -562,19 +591,42 @@ def main():
     args.steps = args.steps or (3000 if args.family == "llada" else 1800)
     args.n_kv_head = args.n_kv_head or (args.n_head // 2 if sdar else args.n_head)
     args.length = args.length or (96 if sdar else 56)
-    shape = ("n_embd", "n_layer", "n_head", "n_kv_head", "length", "block_size")
     loop = ("steps", "batch_size", "grad_accum", "save_every")
-    bad = next((k for k in loop + shape if getattr(args, k) <= 0), None)
+    bad = next((k for k in loop + SHAPE_ARGS if getattr(args, k) <= 0), None)
     if bad or args.n_embd % args.n_head or args.n_head % args.n_kv_head or not args.lr > 0:
         raise SystemExit(f"--{bad.replace('_', '-')} must be > 0" if bad else
                          "need --lr > 0, --n-head dividing --n-embd and --n-kv-head dividing --n-head")
+    return args
+
+
+def model_config(args, tok):
+    """The model's Config: the family's layout (LLaDA-8B's or SDAR's switches) at --n-embd x --n-layer,
+    with the tokenizer's special ids and its vocabulary padded to a multiple of 64."""
+    sdar, ids = args.family == "sdar", tok.special_ids
+    vocab = -(-tok.vocab_size // 64) * 64  # padded, as real checkpoints pad theirs
+    if sdar:
+        stop_ids = (ids["<|im_end|>"], ids["<|endoftext|>"])
+    else:
+        stop_ids = (ids["<|endoftext|>"], ids["<|eot_id|>"])
+    return M.Config(family=args.family, vocab_size=vocab, n_embd=args.n_embd, n_layer=args.n_layer,
+                    n_head=args.n_head, n_kv_head=args.n_kv_head, head_dim=args.n_embd // args.n_head,
+                    intermediate_size=args.n_embd * 8 // 3 // 16 * 16, rope_theta=1e6 if sdar else 5e5,
+                    max_seq_len=1024, norm_eps=1e-6 if sdar else 1e-5, qk_norm=sdar, rope_fp32=not sdar,
+                    norm_gain_fp32=sdar, block_size=args.block_size if sdar else None,
+                    mask_token_id=ids["<|MASK|>" if sdar else "<|mdm_mask|>"],
+                    eos_token_id=ids["<|endoftext|>"], stop_ids=stop_ids)
+
+
+def main():
+    args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     rank, world, device = setup_distributed(args.device)
     settings = loop_settings(args, world, command="train.py", family=args.family,
-                             **{k: getattr(args, k) for k in shape})
+                             **{k: getattr(args, k) for k in SHAPE_ARGS})
     state, resume = claim_out(args.out, settings, args.overwrite, args.fresh)
-    print(f"rank {rank}/{world}: device={device} amp={args.amp or 'off (float32)'} threads={torch.get_num_threads()}")
+    print(f"rank {rank}/{world}: device={device} amp={args.amp or 'off (float32)'} "
+          f"threads={torch.get_num_threads()}")
     if rank == 0:
         begin_run(state, settings, resume)
         if not resume or not os.path.isfile(os.path.join(state, "tokenizer.json")):
@@ -582,20 +634,13 @@ def main():
     if dist.is_initialized():
         dist.barrier()
     tok = load_tokenizer(state)
-    vocab = -(-tok.vocab_size // 64) * 64  # padded, as real checkpoints pad theirs
-    ids = tok.special_ids
-    cfg = M.Config(family=args.family, vocab_size=vocab, n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head,
-                   n_kv_head=args.n_kv_head,
-                   head_dim=args.n_embd // args.n_head, intermediate_size=args.n_embd * 8 // 3 // 16 * 16,
-                   rope_theta=1e6 if sdar else 5e5, max_seq_len=1024, norm_eps=1e-6 if sdar else 1e-5, qk_norm=sdar,
-                   rope_fp32=not sdar, norm_gain_fp32=sdar, block_size=args.block_size if sdar else None,
-                   mask_token_id=ids["<|MASK|>" if sdar else "<|mdm_mask|>"], eos_token_id=ids["<|endoftext|>"],
-                   stop_ids=(ids["<|im_end|>"], ids["<|endoftext|>"]) if sdar else (ids["<|endoftext|>"], ids["<|eot_id|>"]))
+    cfg = model_config(args, tok)
     torch.manual_seed(args.seed)
     net = M.Transformer(cfg)
     net.init_weights()
     if rank == 0:
-        print(f"{args.family}: {sum(p.numel() for p in net.parameters()):,} parameters, vocab {tok.vocab_size} (padded {vocab})")
+        print(f"{args.family}: {sum(p.numel() for p in net.parameters()):,} parameters, "
+              f"vocab {tok.vocab_size} (padded {cfg.vocab_size})")
     model = parallelize(net.to(device), world, args.fsdp, args.checkpointing)
     fit(model, cfg, tok, args, args.out, rank, world, device, args.length, args.block_size,
         f"train {args.family}", state=state, tokenizer_from=state)

@@ -1,6 +1,6 @@
-"""Shared test helpers: the repository root on sys.path (flat scripts, no package), and tiny checkpoints
+"""Shared test helpers: the repository root on sys.path (flat scripts, no package), tiny checkpoints
 written in the *official* on-disk formats with hand-written key names (deliberately not model.py's key
-map, so a wrong map fails the tests)."""
+map, so a wrong map fails the tests), and group_alive for the sandbox's tests."""
 import json
 import os
 import sys
@@ -17,31 +17,35 @@ def llada_official(d=32, heads=4, layers=2, mlp=48, vocab=96, tied=False, seed=0
     """(config.json dict, {official key: tensor}) for a tiny LLaDA-8B-shaped checkpoint."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: (torch.randn(*s, generator=g) * 0.3).to(torch.bfloat16)
-    cfg = {"model_type": "llada", "architectures": ["LLaDAModelLM"], "d_model": d, "n_heads": heads, "n_kv_heads": heads,
-           "n_layers": layers, "mlp_hidden_size": mlp, "mlp_ratio": 4, "vocab_size": vocab, "embedding_size": vocab,
-           "rope_theta": 500000.0, "rope_full_precision": True, "max_sequence_length": 128, "rms_norm_eps": 1e-5,
-           "weight_tying": tied, "mask_token_id": vocab - 1, "eos_token_id": vocab - 2, "pad_token_id": vocab - 2,
-           "block_type": "llama", "activation_type": "silu", "layer_norm_type": "rms", "include_bias": False,
-           "rope": True, "alibi": False, "attention_layer_norm": False}
+    cfg = {"model_type": "llada", "architectures": ["LLaDAModelLM"], "d_model": d, "n_heads": heads,
+           "n_kv_heads": heads, "n_layers": layers, "mlp_hidden_size": mlp, "mlp_ratio": 4,
+           "vocab_size": vocab, "embedding_size": vocab, "rope_theta": 500000.0, "rope_full_precision": True,
+           "max_sequence_length": 128, "rms_norm_eps": 1e-5, "weight_tying": tied, "mask_token_id": vocab - 1,
+           "eos_token_id": vocab - 2, "pad_token_id": vocab - 2, "block_type": "llama",
+           "activation_type": "silu", "layer_norm_type": "rms", "include_bias": False, "rope": True,
+           "alibi": False, "attention_layer_norm": False}
     sd = {"model.transformer.wte.weight": r(vocab, d), "model.transformer.ln_f.weight": 1 + r(d)}
     if not tied:
         sd["model.transformer.ff_out.weight"] = r(vocab, d)
     for i in range(layers):
         p = f"model.transformer.blocks.{i}."
-        sd.update({p + "attn_norm.weight": 1 + r(d), p + "ff_norm.weight": 1 + r(d), p + "q_proj.weight": r(d, d),
-                   p + "k_proj.weight": r(d, d), p + "v_proj.weight": r(d, d), p + "attn_out.weight": r(d, d),
-                   p + "ff_proj.weight": r(mlp, d), p + "up_proj.weight": r(mlp, d), p + "ff_out.weight": r(d, mlp)})
+        sd.update({p + "attn_norm.weight": 1 + r(d), p + "ff_norm.weight": 1 + r(d),
+                   p + "q_proj.weight": r(d, d), p + "k_proj.weight": r(d, d), p + "v_proj.weight": r(d, d),
+                   p + "attn_out.weight": r(d, d), p + "ff_proj.weight": r(mlp, d),
+                   p + "up_proj.weight": r(mlp, d), p + "ff_out.weight": r(d, mlp)})
     return cfg, sd
 
 
-def sdar_official(d=48, heads=4, kv_heads=2, head_dim=16, layers=2, mlp=64, vocab=80, tied=False, block_size=4, seed=0):
+def sdar_official(d=48, heads=4, kv_heads=2, head_dim=16, layers=2, mlp=64, vocab=80, tied=False,
+                  block_size=4, seed=0):
     """(config.json dict, {official key: tensor}) for a tiny SDAR (Qwen3 layout) checkpoint with GQA."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: (torch.randn(*s, generator=g) * 0.3).to(torch.bfloat16)
-    cfg = {"model_type": "sdar", "architectures": ["SDARForCausalLM"], "hidden_size": d, "num_attention_heads": heads,
-           "num_key_value_heads": kv_heads, "head_dim": head_dim, "num_hidden_layers": layers, "intermediate_size": mlp,
-           "vocab_size": vocab, "rope_theta": 1000000, "rms_norm_eps": 1e-6, "max_position_embeddings": 512,
-           "tie_word_embeddings": tied, "block_size": block_size, "mask_token_id": vocab - 1, "eos_token_id": vocab - 2,
+    cfg = {"model_type": "sdar", "architectures": ["SDARForCausalLM"], "hidden_size": d,
+           "num_attention_heads": heads, "num_key_value_heads": kv_heads, "head_dim": head_dim,
+           "num_hidden_layers": layers, "intermediate_size": mlp, "vocab_size": vocab, "rope_theta": 1000000,
+           "rms_norm_eps": 1e-6, "max_position_embeddings": 512, "tie_word_embeddings": tied,
+           "block_size": block_size, "mask_token_id": vocab - 1, "eos_token_id": vocab - 2,
            "rope_scaling": None, "attention_bias": False, "hidden_act": "silu"}
     sd = {"model.embed_tokens.weight": r(vocab, d), "model.norm.weight": 1 + r(d)}
     if not tied:
@@ -54,10 +58,13 @@ def sdar_official(d=48, heads=4, kv_heads=2, head_dim=16, layers=2, mlp=64, voca
 def qwen3_layer(p, r, d, heads, kv_heads, head_dim, mlp):
     """One Qwen3/SDAR decoder layer's weights under the official names (also an MRP head's layers)."""
     return {p + "input_layernorm.weight": 1 + r(d), p + "post_attention_layernorm.weight": 1 + r(d),
-            p + "self_attn.q_proj.weight": r(heads * head_dim, d), p + "self_attn.k_proj.weight": r(kv_heads * head_dim, d),
-            p + "self_attn.v_proj.weight": r(kv_heads * head_dim, d), p + "self_attn.o_proj.weight": r(d, heads * head_dim),
+            p + "self_attn.q_proj.weight": r(heads * head_dim, d),
+            p + "self_attn.k_proj.weight": r(kv_heads * head_dim, d),
+            p + "self_attn.v_proj.weight": r(kv_heads * head_dim, d),
+            p + "self_attn.o_proj.weight": r(d, heads * head_dim),
             p + "self_attn.q_norm.weight": 1 + r(head_dim), p + "self_attn.k_norm.weight": 1 + r(head_dim),
-            p + "mlp.gate_proj.weight": r(mlp, d), p + "mlp.up_proj.weight": r(mlp, d), p + "mlp.down_proj.weight": r(d, mlp)}
+            p + "mlp.gate_proj.weight": r(mlp, d), p + "mlp.up_proj.weight": r(mlp, d),
+            p + "mlp.down_proj.weight": r(d, mlp)}
 
 
 def llada2_official(d=32, heads=4, kv_heads=2, head_dim=16, layers=3, dense=1, mlp=48, experts=8, top_k=2,
@@ -137,7 +144,8 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(autouse=True)
 def seeded():
     """Every test starts from the same global RNG state: tests draw random prompts, and a result must not
-    depend on which tests ran before (a random model can, e.g., pick the [MASK] id itself for some prompts)."""
+    depend on which tests ran before (a random model can, e.g., pick the [MASK] id itself for some
+    prompts)."""
     torch.manual_seed(0)
 
 
@@ -145,14 +153,16 @@ def seeded():
 def llada(tmp_path_factory):
     """A tiny random LLaDA model (vocabulary 96, mask 95, max 128 positions), loaded once per test run."""
     import model as M
-    return M.from_pretrained(write_checkpoint(str(tmp_path_factory.mktemp("llada")), *llada_official(vocab=96)), device="cpu")
+    folder = write_checkpoint(str(tmp_path_factory.mktemp("llada")), *llada_official(vocab=96))
+    return M.from_pretrained(folder, device="cpu")
 
 
 @pytest.fixture(scope="session")
 def sdar(tmp_path_factory):
     """A tiny random SDAR model (vocabulary 80, mask 79, GQA, block 4), loaded once per test run."""
     import model as M
-    return M.from_pretrained(write_checkpoint(str(tmp_path_factory.mktemp("sdar")), *sdar_official(vocab=80)), device="cpu")
+    folder = write_checkpoint(str(tmp_path_factory.mktemp("sdar")), *sdar_official(vocab=80))
+    return M.from_pretrained(folder, device="cpu")
 
 
 @pytest.fixture(scope="session")
@@ -171,3 +181,17 @@ def llada_dir(tmp_path):
 @pytest.fixture
 def sdar_dir(tmp_path):
     return write_checkpoint(str(tmp_path / "sdar"), *sdar_official())
+
+
+def group_alive(pgid):
+    """Live (non-zombie) processes of process group `pgid`, read from /proc (tests of the sandbox)."""
+    alive = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, pgrp, ...
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            alive.append(int(pid))
+    return alive

@@ -1,14 +1,20 @@
-"""The readability budgets of the core files: no function over 60 lines, no line over 110 characters, no
-conditional expression nested in another. FILES lists the files that keep them so far; add a file here once
-it does (the goal: model, decode, residual, mrp, train_mrp, mask_compress, eval, train_residual)."""
+"""The readability budgets: no line over 110 characters in any Python file of the repository (root and
+tests/); in the files of FILES also no function over 60 lines and no conditional expression nested in
+another. Add a file to FILES once it keeps them."""
 import ast
+import glob
 import os
 
 import pytest
 
 from conftest import ROOT
 
-FILES = ("decode.py", "eval.py", "residual.py", "mrp.py", "train_mrp.py", "mask_compress.py", "train_residual.py")
+FILES = ("model.py", "moe.py", "tokenizer.py", "decode.py", "residual.py", "mrp.py", "mask_compress.py",
+         "eval.py", "train.py", "train_residual.py", "train_mrp.py", "bench.py", "sandbox.py")
+# Files still over the line budget while another branch reflows them: the lead removes each one here
+# after merging that branch (the goal: an empty set).
+NOT_YET = {"eval.py", "tasks.py", "tests/test_reliability.py", "tests/test_train_eval.py",
+           "tests/test_tasks.py"}
 MAX_FUNCTION_LINES = 60
 MAX_LINE = 110
 
@@ -34,6 +40,23 @@ def test_budgets(path):
     assert not long_functions(src), f"{path}: over {MAX_FUNCTION_LINES} lines: {long_functions(src)}"
     assert not long_lines(src), f"{path}: lines over {MAX_LINE} characters: {long_lines(src)}"
     assert not nested_conditionals(src), f"{path}: nested conditional expressions: {nested_conditionals(src)}"
+
+
+def python_files():
+    """Every .py file of the repository root and tests/, relative to the root."""
+    paths = glob.glob(os.path.join(ROOT, "*.py")) + glob.glob(os.path.join(ROOT, "tests", "*.py"))
+    return sorted(os.path.relpath(p, ROOT).replace(os.sep, "/") for p in paths)
+
+
+@pytest.mark.parametrize("path", [p for p in python_files() if p not in NOT_YET])
+def test_no_long_lines(path):
+    src = open(os.path.join(ROOT, path), encoding="utf-8").read()
+    assert not long_lines(src), f"{path}: lines over {MAX_LINE} characters: {long_lines(src)}"
+
+
+def test_not_yet_names_real_files():
+    """A name in NOT_YET that is misspelt, gone or renamed would exempt nothing without anyone noticing."""
+    assert NOT_YET <= set(python_files()), f"NOT_YET names missing files: {NOT_YET - set(python_files())}"
 
 
 def test_the_checks_catch_what_they_should():

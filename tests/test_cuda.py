@@ -60,7 +60,8 @@ def test_logits_match_the_cpu(name):
 
 
 LLADA_RUNS = {"low-confidence": dict(steps=14), "threshold": dict(threshold=0.7),
-              "prefix cache": dict(threshold=0.7, cache="prefix"), "dual cache": dict(threshold=0.7, cache="dual")}
+              "prefix cache": dict(threshold=0.7, cache="prefix"),
+              "dual cache": dict(threshold=0.7, cache="dual")}
 
 
 @pytest.mark.parametrize("run", list(LLADA_RUNS))
@@ -113,7 +114,8 @@ def test_mrp_speculation_is_lossless_on_the_gpu_and_gives_the_cpu_tokens():
 
 def test_elastic_decoding_gives_the_cpu_tokens():
     p, kw = prompts("tiny-llada"), dict(gen_length=56, block_length=8, steps=56, r=4)
-    (x_cpu, _), (x_gpu, _) = (mask_compress.decode_elastic(load("tiny-llada", d), p, **kw) for d in ("cpu", CUDA))
+    (x_cpu, _), (x_gpu, _) = (mask_compress.decode_elastic(load("tiny-llada", d), p, **kw)
+                              for d in ("cpu", CUDA))
     assert torch.equal(x_gpu.cpu(), x_cpu)
 
 

@@ -34,12 +34,14 @@ def test_gumbel_noise_is_identity_at_zero_and_samples_the_softmax():
 def test_eos_flags_follow_the_official_chained_assignment(temperature):
     """LLaDA's generate.py, confidence_eos_eot_inf: which of EOS (id 1) / EoT (id 2) get confidence 0."""
     eos, eot = 1, 2
-    logits = torch.tensor([[[0.0, 9.0, 0.0, 0.0], [0.0, 0.0, 9.0, 0.0], [0.0, 0.0, 0.0, 9.0]]])  # x0: EOS, EoT, 3
+    # x0: EOS, EoT, 3
+    logits = torch.tensor([[[0.0, 9.0, 0.0, 0.0], [0.0, 0.0, 9.0, 0.0], [0.0, 0.0, 0.0, 9.0]]])
     mask, x = torch.ones(1, 3, dtype=torch.bool), torch.zeros(1, 3, dtype=torch.long)
 
     def conf(**flags):
         torch.manual_seed(0)
-        x0, c = D.propose(logits.clone(), x, mask, temperature, "low_confidence", torch.float32, eos, eot, **flags)
+        x0, c = D.propose(logits.clone(), x, mask, temperature, "low_confidence", torch.float32, eos, eot,
+                          **flags)
         return x0[0].tolist(), c[0].tolist()
     x0, c = conf()
     assert all(v > 0.9 for v in c)
@@ -124,7 +126,8 @@ def test_llada_commits_exactly_the_schedule(llada):
     assert stats["nfe"] == 12 and (x == 95).sum() == 0
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(threshold=0.05), dict(cache="prefix"), dict(cache="dual", threshold=0.05),
+@pytest.mark.parametrize("kw", [dict(), dict(threshold=0.05), dict(cache="prefix"),
+                                dict(cache="dual", threshold=0.05),
                                 pytest.param(dict(cfg_scale=1.0), marks=pytest.mark.slow),
                                 pytest.param(dict(cache="dual", cfg_scale=0.5), marks=pytest.mark.slow)])
 def test_llada_batch_equals_one_by_one(llada, kw):
@@ -150,7 +153,8 @@ def test_threshold_decoding_commits_several_tokens_per_step(llada):
     assert slow["nfe"] == 32 and fast["nfe"] < 32
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(threshold=0.3), dict(remasking="sequential"), dict(denoising_steps=2)])
+@pytest.mark.parametrize("kw", [dict(), dict(threshold=0.3), dict(remasking="sequential"),
+                                dict(denoising_steps=2)])
 def test_sdar_cache_is_exact(sdar, kw):
     prompt = torch.randint(0, 75, (6,))
     a, sa = D.block_generate(sdar, prompt, gen_length=16, block_length=4, stop_ids=[], **kw)
@@ -182,7 +186,8 @@ def test_sampling_is_seeded_and_greedy_ignores_the_seed(sdar, llada):
     torch.manual_seed(0)
     g0 = D.generate(llada, p, steps=8, gen_length=8, block_length=8, remasking="random", temperature=0.5)[0]
     torch.manual_seed(0)
-    assert torch.equal(g0, D.generate(llada, p, steps=8, gen_length=8, block_length=8, remasking="random", temperature=0.5)[0])
+    g1 = D.generate(llada, p, steps=8, gen_length=8, block_length=8, remasking="random", temperature=0.5)[0]
+    assert torch.equal(g0, g1)
     torch.manual_seed(1)
     a = D.generate(llada, p, steps=8, gen_length=8, block_length=8)[0]
     torch.manual_seed(2)
@@ -190,13 +195,18 @@ def test_sampling_is_seeded_and_greedy_ignores_the_seed(sdar, llada):
 
 
 @pytest.mark.parametrize("call, words", [
-    (lambda m: D.generate(m, [1, 2], gen_length=20, block_length=8), "gen_length (20) must be a positive multiple of block_length (8)"),
-    (lambda m: D.generate(m, [1, 2], steps=5, gen_length=16, block_length=8), "steps (5) must be a positive multiple of the number of blocks (2)"),
+    (lambda m: D.generate(m, [1, 2], gen_length=20, block_length=8),
+     "gen_length (20) must be a positive multiple of block_length (8)"),
+    (lambda m: D.generate(m, [1, 2], steps=5, gen_length=16, block_length=8),
+     "steps (5) must be a positive multiple of the number of blocks (2)"),
     (lambda m: D.generate(m, [1, 95], steps=8, gen_length=8, block_length=8), "contains the mask id 95"),
-    (lambda m: D.generate(m, [1, 2], steps=8, gen_length=8, block_length=8, remasking="best"), "remasking 'best'"),
+    (lambda m: D.generate(m, [1, 2], steps=8, gen_length=8, block_length=8, remasking="best"),
+     "remasking 'best'"),
     (lambda m: D.generate(m, [1, 2], steps=8, gen_length=8, block_length=8, cache="full"), "cache 'full'"),
-    (lambda m: D.generate(m, [1, 2], gen_length=8, block_length=8, threshold=1.5), "threshold 1.5 must be in (0, 1]"),
-    (lambda m: D.generate(m, list(range(1, 90)) * 2, steps=64, gen_length=64, block_length=64), "exceed the model's maximum of 128"),
+    (lambda m: D.generate(m, [1, 2], gen_length=8, block_length=8, threshold=1.5),
+     "threshold 1.5 must be in (0, 1]"),
+    (lambda m: D.generate(m, list(range(1, 90)) * 2, steps=64, gen_length=64, block_length=64),
+     "exceed the model's maximum of 128"),
     (lambda m: D.generate(m, [], steps=8, gen_length=8, block_length=8), "prompt: empty"),
 ])
 def test_llada_bad_arguments(llada, call, words):

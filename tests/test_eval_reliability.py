@@ -37,7 +37,7 @@ def eval_cli(*argv):
 
 
 def data_file(path, n=2, edit=None):
-    """n built-in problems in GSM8K's JSONL format (a --data file for --task tiny); edit(rows) changes them."""
+    """n built-in problems in GSM8K's JSONL format (a --data file for --task tiny); edit(rows) edits them."""
     rng = random.Random(0)
     rows = [dict(zip(("question", "answer"), tasks.tiny_problem(rng))) for _ in range(n)]
     (edit or (lambda r: None))(rows)
@@ -286,19 +286,21 @@ def test_a_cut_off_last_line_is_dropped_with_a_note_and_run_again(tmp_path, logg
     log = tmp_path / "log.jsonl"
     log.write_text(text[:len(text) - 40])  # the writer killed in the middle of the last line
     code, _ = eval_cli("--model", original, *argv, "--samples", str(log))
-    assert code in (0, None) and "the last line was cut off (an interrupted write); dropped" in capsys.readouterr().out
+    assert code in (0, None)
+    assert "the last line was cut off (an interrupted write); dropped" in capsys.readouterr().out
     assert answers(log.read_text()) == answers(text)  # cut away before appending, then run again whole
 
 
-@pytest.mark.parametrize("garbage", ['{"setting": "steps=8", "id"', "not json", '["a", "list"]', '{"no": "id"}'])
+@pytest.mark.parametrize("garbage", ['{"setting": "steps=8", "id"', "not json", '["a", "list"]',
+                                     '{"no": "id"}'])
 def test_a_torn_line_in_the_middle_is_one_line_naming_file_and_line(tmp_path, logged, garbage):
     original, _, text, argv = logged
     log = tmp_path / "log.jsonl"
     lines = text.splitlines(keepends=True)
     log.write_text(garbage + "\n" + "".join(lines[1:]))
     code, line = eval_cli("--model", original, *argv, "--samples", str(log))
-    assert line == f"{log}, line 1: not a sample record (a torn or edited line); move the file away or name " \
-                   "another with --samples"
+    assert line == (f"{log}, line 1: not a sample record (a torn or edited line); move the file away or "
+                    "name another with --samples")
     assert log.read_text() == garbage + "\n" + "".join(lines[1:])
 
 
@@ -327,7 +329,8 @@ def test_fingerprint_covers_the_flags_that_change_answers():
                                                "allow_code_exec": True, "code_timeout": 3.0, **kw})
     fp = lambda digests=("a",), dtype=torch.float32, device="cpu", world=1, **kw: E.fingerprint(
         digests, s, args(**kw), dtype, device, world)
-    variants = [fp(), fp(digests=("b",)), fp(dtype=torch.bfloat16), fp(device="cuda:0"), fp(world=2), fp(seed=1),
+    variants = [fp(), fp(digests=("b",)), fp(dtype=torch.bfloat16), fp(device="cuda:0"), fp(world=2),
+                fp(seed=1),
                 fp(batch_size=8), fp(code_timeout=10.0), fp(allow_code_exec=False), fp(task="mbpp")]
     assert len(set(variants)) == len(variants)
     assert fp(device="cuda:0") == fp(device="cuda:1")  # the device type, not its number
@@ -410,9 +413,9 @@ def test_a_bad_question_gets_an_error_record_and_the_others_are_scored(tmp_path,
     assert [rows[i]["output"] for i in (0, 3)] == [alone[i]["output"] for i in (0, 3)]
 
 
-@pytest.mark.parametrize("argv, words", [(["--thresholds", "0.5"], "use --steps, or --method threshold"),
-                                         (["--gen-length", "1024"], "gen_length 1024 and any prompt exceed the "
-                                                                    "model's maximum of 1024 positions")])
+@pytest.mark.parametrize("argv, words", [
+    (["--thresholds", "0.5"], "use --steps, or --method threshold"),
+    (["--gen-length", "1024"], "gen_length 1024 and any prompt exceed the model's maximum of 1024")])
 def test_a_refused_setting_still_stops_the_run_in_one_line(tmp_path, argv, words):
     """Only a decoder's refusal of a prompt ("prompt: ...") is the record's; one of the setting (a generation
     no prompt fits beside) is the run's, not an error record for every problem."""

@@ -30,9 +30,10 @@ def rms(x, w, eps):
 
 
 def oracle(cfg, sd, ids, block):
-    """Logits (T, V) for one sequence, in fp64, straight from the official keys (models.md 5): fused q/k/v,
-    per-head q/k RMSNorm, RoPE on the first half of each head, GQA under the block-causal mask, then dense
-    or MoE MLPs; each token routed on its own with plain Python over the experts."""
+    """Logits (T, V) for one sequence, in fp64, straight from the official keys as modeling_llada2_moe.py
+    uses them: fused q/k/v, per-head q/k RMSNorm, RoPE on the first half of each head, GQA under the
+    block-causal mask, then dense or MoE MLPs; each token routed on its own with plain Python over the
+    experts."""
     W = {k: v.double() for k, v in sd.items()}
     H, KV, Dh = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
     eps = cfg["rms_norm_eps"]

@@ -29,15 +29,17 @@ def test_llada_keys_land_where_the_official_model_uses_them(tmp_path):
     m = load(write_checkpoint(str(tmp_path / "c"), cfg, sd))
     got = lambda t: t.detach()
     want = lambda k: sd[k].float()
-    assert torch.equal(got(m.layers[1].mlp.gate_proj.weight), want("model.transformer.blocks.1.ff_proj.weight"))
-    assert torch.equal(got(m.layers[1].mlp.down_proj.weight), want("model.transformer.blocks.1.ff_out.weight"))
+    block = "model.transformer.blocks."
+    assert torch.equal(got(m.layers[1].mlp.gate_proj.weight), want(block + "1.ff_proj.weight"))
+    assert torch.equal(got(m.layers[1].mlp.down_proj.weight), want(block + "1.ff_out.weight"))
     assert torch.equal(got(m.lm_head.weight), want("model.transformer.ff_out.weight"))
-    assert torch.equal(got(m.layers[0].self_attn.o_proj.weight), want("model.transformer.blocks.0.attn_out.weight"))
+    assert torch.equal(got(m.layers[0].self_attn.o_proj.weight), want(block + "0.attn_out.weight"))
     assert m.config.family == "llada" and m.config.block_size is None
 
 
 def test_sdar_gqa_head_dim_and_untied_head(tmp_path):
-    cfg, sd = sdar_official(d=48, heads=4, kv_heads=2, head_dim=16)  # 4*16 = 64 != 48: head_dim is independent
+    # 4*16 = 64 != 48: head_dim is independent
+    cfg, sd = sdar_official(d=48, heads=4, kv_heads=2, head_dim=16)
     m = load(write_checkpoint(str(tmp_path / "c"), cfg, sd))
     assert m.layers[0].self_attn.q_proj.weight.shape == (64, 48)
     assert m.layers[0].self_attn.k_proj.weight.shape == (32, 48)
@@ -100,7 +102,8 @@ def broken(tmp_path, edit_cfg=None, edit_sd=None, shards=1):
 @pytest.mark.parametrize("what, make, error, words", [
     ("missing key", lambda t: broken(t, edit_sd=lambda sd: sd.pop("model.layers.1.mlp.up_proj.weight")),
      KeyError, "missing keys ['model.layers.1.mlp.up_proj.weight']"),  # the checkpoint's own name
-    ("unknown key", lambda t: broken(t, edit_sd=lambda sd: sd.update({"model.layers.0.extra.weight": torch.zeros(2)})),
+    ("unknown key",
+     lambda t: broken(t, edit_sd=lambda sd: sd.update({"model.layers.0.extra.weight": torch.zeros(2)})),
      KeyError, "unknown keys ['model.layers.0.extra.weight']"),
     ("layer beyond the config", lambda t: broken(t, edit_cfg=lambda c: c.update(num_hidden_layers=1)),
      KeyError, "model.layers.1."),
@@ -121,7 +124,8 @@ def test_broken_checkpoint_errors(tmp_path, what, make, error, words):
 def test_missing_files_and_paths(tmp_path):
     folder = broken(tmp_path, shards=2)
     os.remove(os.path.join(folder, "model-00002-of-00002.safetensors"))
-    with pytest.raises(FileNotFoundError, match="model-00002-of-00002.safetensors: shard named in the index is missing"):
+    with pytest.raises(FileNotFoundError,
+                       match="model-00002-of-00002.safetensors: shard named in the index is missing"):
         load(folder)
     os.remove(os.path.join(folder, "config.json"))
     with pytest.raises(FileNotFoundError, match="no config.json"):
@@ -154,8 +158,9 @@ def test_truncated_file(tmp_path):
 
 
 def llada_oracle(cfg, sd, ids):
-    """LLaDA's forward written independently from the official description (models.md 1.3-1.4), in fp64,
-    straight from the official key names: pre-norm blocks, fp32-style full-precision RoPE, no mask."""
+    """LLaDA's forward written independently from the official description (LLaDA's modeling_llada.py:
+    LLaDALlamaBlock, RotaryEmbedding), in fp64, straight from the official key names: pre-norm blocks,
+    fp32-style full-precision RoPE, no mask."""
     W = {k: v.double() for k, v in sd.items()}
     d, H = cfg["d_model"], cfg["n_heads"]
     hd, T = d // H, ids.shape[1]
@@ -168,7 +173,8 @@ def llada_oracle(cfg, sd, ids):
     for i in range(cfg["n_layers"]):
         p = f"model.transformer.blocks.{i}."
         u = norm(x, W[p + "attn_norm.weight"])
-        q, k, v = (torch.einsum("btc,oc->bto", u, W[p + n + ".weight"]).unflatten(-1, (H, hd)) for n in ("q_proj", "k_proj", "v_proj"))
+        q, k, v = (torch.einsum("btc,oc->bto", u, W[p + n + ".weight"]).unflatten(-1, (H, hd))
+                   for n in ("q_proj", "k_proj", "v_proj"))
         att = torch.softmax(torch.einsum("bqhd,bkhd->bhqk", rot(q.transpose(1, 2)).transpose(1, 2),
                                          rot(k.transpose(1, 2)).transpose(1, 2)) / math.sqrt(hd), -1)
         x = x + torch.einsum("bhqk,bkhd->bqhd", att, v).flatten(2) @ W[p + "attn_out.weight"].T
@@ -212,7 +218,7 @@ def test_sdar_attention_is_block_causal_from_position_zero(sdar_dir):
 
 def test_sdar_block_cache_is_exact(sdar_dir):
     """Prefill whole blocks, then decode block by block against the cache: the same logits as one
-    whole-sequence forward with the block-causal mask (decoding.md 4.4)."""
+    whole-sequence forward with the block-causal mask (a finished block never attends to later ones)."""
     m = load(sdar_dir)
     ids, L = torch.randint(0, 70, (2, 16)), 4
     with torch.no_grad():
@@ -248,7 +254,8 @@ def test_cache_offsets_as_tensors_attend_to_the_whole_cache_with_the_same_logits
         full = m(ids, block_size=L)
         cache = m.new_cache(2, 16)
         m(ids[:, :8], cache=cache, block_size=L)  # prefill
-        junk = torch.randint(0, 70, (2, 4))  # slots 12..15 at positions 0..3, which block 2 could see by position
+        # slots 12..15 at positions 0..3, which block 2 could see by position
+        junk = torch.randint(0, 70, (2, 4))
         m(junk, position_ids=torch.arange(4), cache=cache, cache_start=as_tensor(12), block_size=L)
         parts = [m(ids[:, s:s + L], cache=cache, cache_start=as_tensor(s), block_size=L) for s in (8, 12)]
         dual = m(ids[:, 4:8], cache=cache, cache_start=as_tensor(4), kv_end=as_tensor(16), block_size=L)
@@ -318,7 +325,8 @@ def test_loading_makes_no_second_copy(tmp_path):
     cfg, sd = sdar_official(d=512, heads=8, kv_heads=4, head_dim=64, layers=8, mlp=1536, vocab=8000)
     folder = write_checkpoint(str(tmp_path / "big"), cfg, sd, shards=4)
     small = write_checkpoint(str(tmp_path / "small"), *sdar_official())
-    size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if f.endswith(".safetensors"))
+    size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)
+               if f.endswith(".safetensors"))
     code = ("import torch, model\n"
             "rss = lambda f: int(open('/proc/self/status').read().split(f + ':')[1].split()[0]) * 1024\n"
             f"model.from_pretrained({small!r}, device='cpu', dtype=torch.bfloat16)\n"
@@ -330,5 +338,6 @@ def test_loading_makes_no_second_copy(tmp_path):
 
 
 def test_cli_smoke(sdar_dir):
-    out = subprocess.run([sys.executable, "model.py", sdar_dir, "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "model.py", sdar_dir, "--device", "cpu"], cwd=ROOT,
+                         capture_output=True, text=True)
     assert out.returncode == 0 and "logits (1, 8, 80)" in out.stdout, out.stderr

@@ -21,7 +21,7 @@ import pytest
 
 import sandbox
 import tasks
-from conftest import ROOT
+from conftest import ROOT, group_alive
 
 BOUNDARIES = ["namespaces", "user-namespace"]
 FILTERED = os.uname().machine in sandbox.SYSCALLS  # the seccomp filter exists for this architecture
@@ -52,20 +52,6 @@ def survivors(namespace):
         except OSError:
             pass
     return found
-
-
-def group_alive(pgid):
-    """Live (non-zombie) processes of process group `pgid`."""
-    alive = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, pgrp, ...
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            alive.append(int(pid))
-    return alive
 
 
 def sleeping(nonce):
@@ -195,8 +181,9 @@ def test_what_the_program_sees(boundary):
     code = (f"import json, os, socket\nopen('/tmp/{name}', 'w').write('x')\n"
             "print(json.dumps(dict(cwd=os.getcwd(), root=os.listdir('/'), dev=sorted(os.listdir('/dev')), "
             "procs=[p for p in os.listdir('/proc') if p.isdigit()], host=socket.gethostname(), "
-            "net=open('/proc/net/dev').read().split()[20::17], scratch=os.listdir('/tmp'), prefix=sys.prefix, "
-            "writable=[f[4] for f in map(str.split, open('/proc/self/mountinfo')) if 'rw' in f[5].split(',')], "
+            "net=open('/proc/net/dev').read().split()[20::17], scratch=os.listdir('/tmp'), "
+            "prefix=sys.prefix, writable=[f[4] for f in map(str.split, open('/proc/self/mountinfo')) "
+            "if 'rw' in f[5].split(',')], "
             f"project=os.path.exists({ROOT!r} + '/sandbox.py'))), file=sys.stderr)\n")
     r = attack(code, boundary)
     seen = json.loads(r["stderr_tail"].splitlines()[-1])
@@ -432,7 +419,8 @@ def test_fallback_still_limits():
     fork, connect, env, memory, loop = attack_all(codes, "limits", memory_mb=256, timeout=2)
     if FILTERED:
         assert "[Errno 1]" in last_line(fork) and "[Errno 1]" in last_line(connect)  # EPERM, seccomp
-    assert env["status"] == "passed" and set(eval(last_line(env))) <= {*sandbox.PROGRAM_ENV, "LC_CTYPE"}  # noqa
+    assert env["status"] == "passed"
+    assert set(eval(last_line(env))) <= {*sandbox.PROGRAM_ENV, "LC_CTYPE"}  # noqa
     assert last_line(memory) == "MemoryError"
     assert loop["status"] == "timeout" and group_alive(loop["pid"]) == []
 
@@ -442,8 +430,8 @@ def test_fallback_is_announced_once():
     fails, one loud warning goes to stderr, and programs still run (with limits only)."""
     script = ("import json, os, sys\nsys.path.insert(0, sys.argv[1])\nimport sandbox\n"
               "sandbox._libc('prctl', sandbox.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)\n"
-              "sandbox._install_seccomp(sandbox.seccomp_filter(os.uname().machine, True, sockets=(1, 2, 10, 16), "
-              "denied=('unshare',)))\n"
+              "sandbox._install_seccomp(sandbox.seccomp_filter(os.uname().machine, True, "
+              "sockets=(1, 2, 10, 16), denied=('unshare',)))\n"
               "rs = sandbox.run_programs(['assert 1', 'assert 0', 'assert 2'], allow_code_exec=True)\n"
               "rs += sandbox.run_programs(['assert 3'], allow_code_exec=True)\n"
               "print(json.dumps([r['status'] for r in rs] + [rs[0]['boundary'], sandbox.code_boundary()]))\n")
@@ -472,7 +460,8 @@ def test_code_tasks_refused_without_the_opt_in(tmp_path):
     """One line, before any model loads (the model named here does not exist), not a 0 % score."""
     assert tasks.code_exec_refusal("gsm8k", False) is None and tasks.code_exec_refusal("mbpp", True) is None
     assert "--allow-code-exec" in tasks.code_exec_refusal("mbpp", False)
-    out = eval_py("--task", "humaneval", "--data", str(tmp_path / "a.jsonl"), "--model", str(tmp_path / "nope"))
+    out = eval_py("--task", "humaneval", "--data", str(tmp_path / "a.jsonl"),
+                  "--model", str(tmp_path / "nope"))
     refusal = tasks.code_exec_refusal("humaneval", False)
     assert out.returncode != 0 and out.stdout == "" and out.stderr.strip() == refusal
 

@@ -22,7 +22,8 @@ FIXTURES = os.path.join(ROOT, "tests", "fixtures", "tokenizer")
 CASES = json.load(open(os.path.join(FIXTURES, "cases.json"), encoding="utf-8"))
 B2U = tokenizer.bytes_to_unicode()
 SIMPLE = r"\S+|\s+"  # pre-tokenizer regex of the small tokenizers: easy to replay with `re`
-LLADA_PATTERN = r"""(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+LLADA_PATTERN = (r"""(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
+                 r"""|\s*[\r\n]|\s+(?!\S)|\s+""")
 LLADA_SPECIALS = {"<|startoftext|>": 126080, "<|endoftext|>": 126081, "<|mdm_mask|>": 126336,
                   "<|start_header_id|>": 126346, "<|end_header_id|>": 126347, "<|eot_id|>": 126348}
 
@@ -30,7 +31,8 @@ LLADA_SPECIALS = {"<|startoftext|>": 126080, "<|endoftext|>": 126081, "<|mdm_mas
 @pytest.fixture(scope="module")
 def qwen(tmp_path_factory):
     folder = tmp_path_factory.mktemp("qwen3")
-    with gzip.open(os.path.join(FIXTURES, "qwen3", "tokenizer.json.gz")) as f, open(folder / "tokenizer.json", "wb") as g:
+    with gzip.open(os.path.join(FIXTURES, "qwen3", "tokenizer.json.gz")) as f, \
+            open(folder / "tokenizer.json", "wb") as g:
         shutil.copyfileobj(f, g)
     shutil.copy(os.path.join(FIXTURES, "qwen3", "tokenizer_config.json"), folder)
     return tokenizer.load_tokenizer(str(folder))
@@ -53,16 +55,18 @@ def write_tokenizer(folder, merges=(), ids=None, extra=None, added=None, config=
     plain = config.pop("_plain", ())
     spec = {"version": "1.0", "truncation": None, "padding": None,
             "added_tokens": [{"id": i, "content": c, "single_word": False, "lstrip": False, "rstrip": False,
-                              "normalized": False, "special": c not in plain} for c, i in (added or {}).items()],
+                              "normalized": False, "special": c not in plain}
+                             for c, i in (added or {}).items()],
             "normalizer": {"type": "NFC"},
             "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
                 {"type": "Split", "pattern": {"Regex": SIMPLE}, "behavior": "Isolated", "invert": False},
                 {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
             "post_processor": None,
-            "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+            "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
+                        "use_regex": True},
             "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
-                      "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                      "vocab": vocab, "merges": [[bl(a), bl(b)] for a, b in merges]}}
+                      "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False,
+                      "ignore_merges": False, "vocab": vocab, "merges": [[bl(a), bl(b)] for a, b in merges]}}
     if edit:
         edit(spec)
     os.makedirs(folder, exist_ok=True)
@@ -108,7 +112,8 @@ def test_qwen_nfc_matters(qwen):
 def test_qwen_attributes(qwen):
     assert qwen.ranks_are_ids and qwen.chat_format == "qwen3"
     assert qwen.vocab_size == 151670
-    assert (qwen.bos_token_id, qwen.eos_token_id, qwen.pad_token_id, qwen.mask_token_id) == (None, 151643, 151643, 151669)
+    ids = (qwen.bos_token_id, qwen.eos_token_id, qwen.pad_token_id, qwen.mask_token_id)
+    assert ids == (None, 151643, 151643, 151669)
     assert qwen.special_ids["<|im_end|>"] == 151645 and qwen.special_ids["<think>"] == 151667
     assert qwen.encode("<|im_start|>user\nhi<|im_end|>") == [151644, 872, 198, 6023, 151645]
 
@@ -148,14 +153,17 @@ U, A = "user", "assistant"
 
 
 def qwen_chat(qwen, *msgs, **kw):
-    return qwen.apply_chat_template([m if isinstance(m, dict) else {"role": m[0], "content": m[1]} for m in msgs], **kw)
+    msgs = [m if isinstance(m, dict) else {"role": m[0], "content": m[1]} for m in msgs]
+    return qwen.apply_chat_template(msgs, **kw)
 
 
 def test_qwen_trailing_assistant_gets_think_block(qwen):
     got = qwen_chat(qwen, (U, "Hi"), (A, "<think>\nplan\n</think>\n\nHello"), add_generation_prompt=False)
-    assert got == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\nplan\n</think>\n\nHello<|im_end|>\n"
+    assert got == ("<|im_start|>user\nHi<|im_end|>\n"
+                   "<|im_start|>assistant\n<think>\nplan\n</think>\n\nHello<|im_end|>\n")
     got = qwen_chat(qwen, (U, "Hi"), (A, "Hello"), add_generation_prompt=False)
-    assert got == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\nHello<|im_end|>\n"
+    assert got == ("<|im_start|>user\nHi<|im_end|>\n"
+                   "<|im_start|>assistant\n<think>\n\n</think>\n\nHello<|im_end|>\n")
 
 
 def test_qwen_earlier_assistant_loses_reasoning(qwen):
@@ -168,7 +176,8 @@ def test_qwen_reasoning_content_and_multi_step(qwen):
     # both assistant turns follow the last user query: the first shows its reasoning because it has
     # one; the second has none and is not the last message, so it renders plain; a later system
     # turn renders like the first
-    got = qwen_chat(qwen, ("system", "S"), (U, "q"), {"role": A, "content": "\nstep", "reasoning_content": "\nr1\n"},
+    got = qwen_chat(qwen, ("system", "S"), (U, "q"),
+                    {"role": A, "content": "\nstep", "reasoning_content": "\nr1\n"},
                     (A, "final"), ("system", "S2"), add_generation_prompt=False)
     assert got == ("<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nq<|im_end|>\n"
                    "<|im_start|>assistant\n<think>\nr1\n</think>\n\nstep<|im_end|>\n"
@@ -179,7 +188,8 @@ def test_qwen_enable_thinking_false(qwen):
     got = qwen_chat(qwen, (U, "q"), enable_thinking=False)
     assert got == "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
     assert qwen_chat(qwen, (U, "q"), add_generation_prompt=False) == "<|im_start|>user\nq<|im_end|>\n"
-    assert qwen_chat(qwen, (U, "q"), enable_thinking=None).endswith("assistant\n")  # jinja `is false`: only False
+    # jinja's `is false`: only False counts
+    assert qwen_chat(qwen, (U, "q"), enable_thinking=None).endswith("assistant\n")
 
 
 def test_qwen_tools_refused(qwen):
@@ -195,7 +205,8 @@ def test_qwen_tools_refused(qwen):
 
 @pytest.fixture
 def llada(tmp_path):
-    config = {"bos_token": "<|startoftext|>", "eos_token": {"content": "<|endoftext|>"}, "pad_token": "<|endoftext|>"}
+    config = {"bos_token": "<|startoftext|>", "eos_token": {"content": "<|endoftext|>"},
+              "pad_token": "<|endoftext|>"}
     edit = lambda s: s["pre_tokenizer"]["pretokenizers"][0]["pattern"].update(Regex=LLADA_PATTERN)
     return tokenizer.load_tokenizer(write_tokenizer(tmp_path, added=LLADA_SPECIALS, config=config, edit=edit))
 
@@ -207,14 +218,16 @@ def test_llada_documented_example(llada):
     # no merges: every ordinary byte is its own token, at its byte value
     assert llada.encode(text) == ([126080, 126346, *b"user", 126347, *b"\n\nWhat is 2+2?", 126348,
                                    126346, *b"assistant", 126347, *b"\n\n"])
-    assert (llada.bos_token_id, llada.eos_token_id, llada.pad_token_id, llada.mask_token_id) == (126080, 126081, 126081, None)
+    ids = (llada.bos_token_id, llada.eos_token_id, llada.pad_token_id, llada.mask_token_id)
+    assert ids == (126080, 126081, 126081, None)
     assert llada.vocab_size == 126349 and llada.chat_format == "llada"
 
 
 def test_llada_strips_and_always_appends_header(llada):
     msgs = [{"role": "system", "content": " Be brief.\n"}, {"role": "user", "content": "\nHi "}]
     want = ("<|startoftext|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
-            "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+            "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n")
     assert llada.apply_chat_template(msgs, add_generation_prompt=False) == want
 
 
@@ -287,7 +300,8 @@ def test_no_known_chat_format(tmp_path):
         tok.apply_chat_template([{"role": "user", "content": "hi"}])
     # Qwen3's marker tokens, but a chat template without </think> (as Qwen2.5's): not ours
     qwen_marks = {t: 300 + k for k, t in enumerate(["<|im_start|>", "<|im_end|>", "<think>", "</think>"])}
-    folder = write_tokenizer(tmp_path / "b", added=qwen_marks, config={"chat_template": "<|im_start|><|im_end|>"})
+    folder = write_tokenizer(tmp_path / "b", added=qwen_marks,
+                             config={"chat_template": "<|im_start|><|im_end|>"})
     assert tokenizer.load_tokenizer(folder).chat_format is None
 
 
@@ -308,7 +322,8 @@ def test_merge_order_is_honoured(tmp_path, ids):
     assert tok.encode("abb cab<|x|>ccc") == [ab, ord("b"), ord(" "), ord("c"), ab, 400, cc, ord("c")]
     assert tok.decode(tok.encode("abb cab<|x|>ccc")) == "abb cab<|x|>ccc"
     # and against a replay of Hugging Face's BPE on random strings
-    vocab_id = {**{B2U[b]: b for b in range(256)}, **{a + b: i for (a, b), i in zip(MERGES, [bc, ab, abc, cc])}}
+    vocab_id = {**{B2U[b]: b for b in range(256)},
+                **{a + b: i for (a, b), i in zip(MERGES, [bc, ab, abc, cc])}}
     rank = {m: i for i, m in enumerate(MERGES)}
     rng = random.Random(0)
     for _ in range(300):
@@ -326,7 +341,8 @@ def test_unreachable_vocab_token_is_only_decoded(tmp_path):
 
 def test_gpt2_regex_when_bytelevel_splits(tmp_path):
     def edit(spec):
-        spec["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+        spec["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                                 "use_regex": True}
     tok = tokenizer.load_tokenizer(write_tokenizer(tmp_path, [(" ", "c")], edit=edit))
     assert tok.encode("ab cd") == [ord("a"), ord("b"), 256, ord("d")]  # GPT-2 keeps " c" in one piece
 
@@ -351,10 +367,15 @@ def set_in(path, value):
 
 BAD = {
     "normalizer": (set_in(["normalizer"], {"type": "Lowercase"}), "unsupported normalizer"),
-    "normalizer-sequence": (set_in(["normalizer"], {"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "NFKC"}]}), "NFKC"),
-    "metaspace": (set_in(["pre_tokenizer"], {"type": "Metaspace", "replacement": "▁"}), "unsupported pre_tokenizer Metaspace"),
-    "prefix-space": (set_in(["pre_tokenizer"], {"type": "ByteLevel", "add_prefix_space": True, "use_regex": True}), "'add_prefix_space': True"),
-    "digits": (set_in(["pre_tokenizer", "pretokenizers", 1], {"type": "Digits", "individual_digits": True}), "Digits"),
+    "normalizer-sequence": (set_in(["normalizer"], {"type": "Sequence",
+                                                    "normalizers": [{"type": "NFC"}, {"type": "NFKC"}]}),
+                            "NFKC"),
+    "metaspace": (set_in(["pre_tokenizer"], {"type": "Metaspace", "replacement": "▁"}),
+                  "unsupported pre_tokenizer Metaspace"),
+    "prefix-space": (set_in(["pre_tokenizer"], {"type": "ByteLevel", "add_prefix_space": True,
+                                                "use_regex": True}), "'add_prefix_space': True"),
+    "digits": (set_in(["pre_tokenizer", "pretokenizers", 1], {"type": "Digits", "individual_digits": True}),
+               "Digits"),
     "whitespace-split": (set_in(["pre_tokenizer"], {"type": "WhitespaceSplit"}), "WhitespaceSplit"),
     "byte-fallback": (set_in(["model", "byte_fallback"], True), "byte_fallback"),
     "wordpiece": (set_in(["model", "type"], "WordPiece"), "WordPiece"),
@@ -363,9 +384,11 @@ BAD = {
     "bad-alphabet": (set_in(["model", "vocab", "a b"], 500), "outside the byte-level alphabet"),
     "merge-missing": (set_in(["model", "merges"], [["x", "yz"]]), "merge 0"),
     "merge-twice": (lambda s: s["model"]["merges"].append(["a", "bc"]), "both make"),
-    "added-prefix": (set_in(["added_tokens"], [{"id": 300, "content": "<a>"}, {"id": 301, "content": "<a>b"}]), "prefix"),
+    "added-prefix": (set_in(["added_tokens"], [{"id": 300, "content": "<a>"},
+                                               {"id": 301, "content": "<a>b"}]), "prefix"),
     "added-reuses-id": (set_in(["added_tokens"], [{"id": 97, "content": "<a>"}]), "reuses the id 97"),
-    "bad-regex": (set_in(["pre_tokenizer", "pretokenizers", 0, "pattern", "Regex"], "(unclosed"), "tiktoken rejected"),
+    "bad-regex": (set_in(["pre_tokenizer", "pretokenizers", 0, "pattern", "Regex"], "(unclosed"),
+                  "tiktoken rejected"),
     "no-model": (lambda s: s.pop("model"), "unexpected tokenizer.json structure"),
 }
 
