@@ -272,7 +272,7 @@ STEP_LABELS = {"sdar-step": "SDAR cached block step, 4 tokens, {S} cached",
                "sdar-whole": "SDAR whole {S} tokens, no cache",
                "llada-whole": "LLaDA whole canvas, {T} tokens",
                "llada-dual": "LLaDA dual-cache step, {blk} tokens",
-               "llada2-step": "LLaDA2.0-mini cached block step, 32 tokens, {S2} cached"}
+               "llada2-step": "LLaDA2.0 block step, 32 tokens, {S2} cached"}
 
 
 def time_call(call, device, repeats):
@@ -298,10 +298,9 @@ def bench_step(args, device, dtype):
     also the kernels one forward launches and the GPU's busy time (torch.profiler). The SDAR step runs
     at every --batch, the other calls at the first. --compile: model.compile_forward (CUDA graphs on
     CUDA); compile time reported apart. Rows are printed as they are measured."""
-    llada, sdar = random_models(args, device, dtype)
-    nets = {"llada": llada, "sdar": sdar}
-    if "llada2-step" in args.calls:  # the MoE model only when asked for (32 GB in bf16 at its real shape)
-        nets["llada2"], = random_models(args, device, dtype, families=("llada2",))
+    families = tuple(dict.fromkeys(name.split("-")[0] for name in args.calls))  # only the models asked for
+    nets = dict(zip(families, random_models(args, device, dtype, families=families)))
+    llada, sdar = nets.get("llada"), nets.get("sdar")
     for net in nets.values() if args.compile else ():
         M.compile_forward(net)
     bw, source = bandwidth(args, device)
@@ -600,9 +599,10 @@ if __name__ == "__main__":
     ap.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
     ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                     help="default: bfloat16 on CUDA, float32 on CPU")
-    ap.add_argument("--size", choices=["tiny", "mid", "8b"], default="mid",
+    ap.add_argument("--size", choices=["tiny", "mid", "8b", "llada2-mini"], default="mid",
                     help="random models: mid = --n-embd x --n-layer (--vocab); 8b = LLaDA-8B's and SDAR-8B's "
-                         "exact shapes, random weights (16 GB each in bf16: a GPU)")
+                         "exact shapes, random weights (16 GB each in bf16: a GPU); llada2-mini = step's "
+                         "LLaDA2.0-mini block step at its real shape (32 GB in bf16)")
     ap.add_argument("--n-embd", type=int, default=384, help="hidden size of the random models")
     ap.add_argument("--n-layer", type=int, default=6, help="layers of the random models")
     ap.add_argument("--vocab", type=int, default=4096, help="vocabulary of the random models")
@@ -646,6 +646,9 @@ if __name__ == "__main__":
                       help="step: memory bandwidth in GB/s for the weight-bandwidth limit (default: 4800 "
                            "on an H200, 3350 on an H100, else a device copy measured here)")
     args = ap.parse_args()
+    if args.size == "llada2-mini":  # the real shapes, and only the MoE model's step unless --calls says
+        args.size = "8b"
+        args.calls = args.calls if "--calls" in sys.argv else ["llada2-step"]
     if args.head_scale is None:
         args.head_scale = 12.0 if args.size == "8b" else 40.0
     if args.size == "tiny":  # a smoke test of the script itself

@@ -76,8 +76,14 @@ GEN_LENGTH = {"tiny": 56, "gsm8k": 256, "math500": 512, "aime24": 1024, "aime25"
 # line of each docstring is the method's description in --help.
 
 
+def eos_early_stop(s):
+    """LLaDA2.0's own `eos_early_stop` for the block decoder, only when asked for (--eos-early-stop)."""
+    return {"eos_early_stop": True} if s.get("eos_early_stop") else {}
+
+
 def decode_baseline(model, prompts, s):
-    """A fixed number of tokens per step: LLaDA low-confidence remasking, SDAR's static rule."""
+    """A fixed number of tokens per step: LLaDA low-confidence remasking, SDAR's (and LLaDA2.0's) static
+    rule."""
     if s["threshold"] is not None:  # it would decode one token per step under a "threshold=" label
         raise SystemExit("--method baseline decodes a fixed number of tokens per step: use --steps, or "
                          "--method threshold for --thresholds")
@@ -87,11 +93,12 @@ def decode_baseline(model, prompts, s):
                                temperature=s["temperature"], cache=s["cache"], **watched(s))
     return decode.block_generate(model, prompts, gen_length=s["gen_length"], block_length=s["block_length"],
                                  denoising_steps=s["steps"] or s["block_length"],
-                                 temperature=s["temperature"], **watched(s))
+                                 temperature=s["temperature"], **watched(s), **eos_early_stop(s))
 
 
 def decode_threshold(model, prompts, s):
-    """Confidence-threshold parallel decoding: Fast-dLLM for LLaDA, SDAR's dynamic rule for SDAR."""
+    """Confidence-threshold parallel decoding: Fast-dLLM for LLaDA, the dynamic rule of SDAR and
+    LLaDA2.0."""
     if s["threshold"] is None:
         raise SystemExit(f"--method {s['method']} needs --thresholds (e.g. 0.5,0.7,0.9)")
     if model.config.family == "llada":
@@ -100,14 +107,14 @@ def decode_threshold(model, prompts, s):
                                **watched(s))
     return decode.block_generate(model, prompts, gen_length=s["gen_length"], block_length=s["block_length"],
                                  denoising_steps=s["steps"] or s["block_length"], threshold=s["threshold"],
-                                 temperature=s["temperature"], **watched(s))
+                                 temperature=s["temperature"], **watched(s), **eos_early_stop(s))
 
 
 def cached(cache):
     def run(model, prompts, s):
         if model.config.family != "llada":
-            raise SystemExit(f"{cache}-cache is Fast-dLLM's LLaDA cache; SDAR always decodes with its exact "
-                             "KV cache")
+            raise SystemExit(f"{cache}-cache is Fast-dLLM's LLaDA cache; block models (SDAR, LLaDA2.0) "
+                             "always decode with their exact KV cache")
         return decode.generate(model, prompts, steps=s["steps"] or s["gen_length"],
                                gen_length=s["gen_length"], block_length=s["block_length"],
                                threshold=s["threshold"], cache=cache, temperature=s["temperature"])
@@ -162,7 +169,7 @@ def decode_elastic(model, prompts, s):
                                         threshold=s["threshold"], r=s["r"], cache=s["cache"],
                                         budget=s["budget"], positions=s["positions"],
                                         temperature=s["temperature"], sampler=s["sampler"],
-                                        terminal=s["terminal"], window=s["window"])
+                                        terminal=s["terminal"], window=s["window"], **eos_early_stop(s))
 
 
 METHODS = {
@@ -200,6 +207,7 @@ DEFAULTS = {"rcd": dict(model=os.path.join(HERE, "models", "tiny-sdar-rcd"), ste
 
 def load(path, method, args, device, dtype):
     """(model, extras): MRP checkpoints load as (backbone, head); RCD may bring a reference model."""
+    refuse_family(checkpoint_folder(path), method, args)
     if method.startswith("mrp"):
         import mrp
         net, head = mrp.load_mrp(checkpoint_folder(path), device, dtype)
@@ -212,6 +220,20 @@ def load(path, method, args, device, dtype):
     for m in (net, *extras.values()) if args.compile else ():
         model_lib.compile_forward(m)
     return net, extras
+
+
+def refuse_family(folder, method, args):
+    """One line, before the weights load, for a method that does not apply to the checkpoint's family:
+    RCD needs a target trained with residuals and MRP a head trained on an SDAR backbone, and neither
+    exists for LLaDA2.0 (baseline, threshold and elastic's terminal anchor do apply); --eos-early-stop is
+    LLaDA2.0's block decoder's flag."""
+    kind = model_lib.or_exit(model_lib.read_json, os.path.join(folder, "config.json")).get("model_type")
+    if kind == "llada2_moe" and (method == "rcd" or method.startswith("mrp")):
+        raise SystemExit(f"--method {method}: no {method.split('-')[0].upper()} model of the LLaDA2.0 "
+                         "family exists; LLaDA2.0 runs baseline, threshold and elastic")
+    if args.eos_early_stop and kind == "llada":
+        raise SystemExit("--eos-early-stop is LLaDA2.0's (and SDAR's) block decoder flag; LLaDA's decoder "
+                         "stops at EOS by its own rule")
 
 
 @functools.lru_cache(maxsize=None)
@@ -402,6 +424,8 @@ def fingerprint(digests, s, args, dtype, device="cpu", world=1):
     used = ("method", "family", "gen_length", "block_length", "name", "temperature", "cache",
             *METHOD_KNOBS.get(s["method"], ()))
     knobs = {k: s[k] for k in used}
+    if s.get("eos_early_stop"):  # LLaDA2.0's flag: the same answers, fewer forwards (only where used)
+        knobs["eos_early_stop"] = True
     if s["method"] == "rcd" and s["rcd_init"] == "dirichlet":  # only where used: the other runs share logs
         knobs["concentration"] = s["concentration"]
     if s["method"] == "rcd" and s.get("alpha_scale", 1.0) != 1.0:  # likewise only where not the paper's
@@ -559,8 +583,9 @@ def paired(base, new):
 
 
 def default_block_length(family, block_size, task):
-    """SDAR decodes in its checkpoint's block size; LLaDA in blocks of 8 on the built-in task, else 32."""
-    if family == "sdar":
+    """Block models (SDAR, LLaDA2.0) decode in their checkpoint's block size; LLaDA in blocks of 8 on the
+    built-in task, else 32."""
+    if family != "llada":
         return block_size
     return 8 if task == "tiny" else 32
 
@@ -578,7 +603,7 @@ def settings_for(args, path, method, net, extras, world):
                 budget=args.budget, positions=args.positions, sampler=args.sampler, terminal=args.terminal,
                 window=args.window, rcd_init=args.rcd_init or ("reference" if args.reference else "zero"),
                 concentration=1.0 if args.concentration is None else args.concentration,
-                rcd_source=args.rcd_source, mrp_steps=mrp_steps,
+                rcd_source=args.rcd_source, mrp_steps=mrp_steps, eos_early_stop=args.eos_early_stop,
                 block_length=args.block_length or default_block_length(family, net.config.block_size,
                                                                        args.task), **extras)
     steps, thresholds = args.sweep
@@ -924,6 +949,9 @@ def add_decoding_args(ap):
                    help="cuda / cpu / mps (default: cuda if available; under torchrun cuda:LOCAL_RANK)")
     g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                    help="default: the checkpoint's dtype on CUDA, float32 on CPU")
+    g.add_argument("--eos-early-stop", action="store_true",
+                   help="block models: end a sample as soon as an EOS is committed, mid-block (LLaDA2.0's "
+                        "generate flag; off by default, as there)")
     g.add_argument("--compile", action="store_true",
                    help="compile each model's forward (model.compile_forward: fullgraph, CUDA graphs on "
                         "CUDA); the same answers, compile time reported apart from decoding time")

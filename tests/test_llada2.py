@@ -390,6 +390,45 @@ def test_command_lines(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "llada2" in out.stdout and "logits (1, 8, 96)" in out.stdout
 
+def llada2_with_ling_tokenizer(folder):
+    """A tiny LLaDA2.0 checkpoint with a small Ling-2.0-format tokenizer beside it (ids as the test's)."""
+    from test_tokenizer import LING_PATTERN, LING_SPECIALS, LING_TEMPLATE, write_tokenizer
+    cfg, sd = llada2_official(vocab=320)
+    cfg.update(pad_token_id=300, mask_token_id=301)  # <|endoftext|>, <|mask|>
+    write_checkpoint(folder, cfg, sd)
+    edit = lambda s: s["pre_tokenizer"]["pretokenizers"][0]["pattern"].update(Regex=LING_PATTERN)
+    write_tokenizer(folder, [(" ", "t")], added=LING_SPECIALS, edit=edit,
+                    config={"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+                            "mask_token": "<|mask|>", "chat_template": LING_TEMPLATE,
+                            "_plain": ["<think>", "</think>"]})
+    return folder
+
+
+@pytest.mark.slow
+def test_eval_runs_what_applies_to_llada2_and_refuses_the_rest(tmp_path):
+    """eval.py on a LLaDA2.0 checkpoint: threshold decoding in the checkpoint's block size (32, not LLaDA's
+    8), with and without --eos-early-stop (the same answers); rcd and mrp refused in one line before any
+    weight loads; --eos-early-stop refused for LLaDA."""
+    folder = llada2_with_ling_tokenizer(str(tmp_path / "ling"))
+    run = lambda *a: subprocess.run([sys.executable, "eval.py", "--model", folder, "--limit", "2", *a],
+                                    cwd=ROOT, capture_output=True, text=True)
+    outs = []
+    for extra in ([], ["--eos-early-stop"]):
+        samples = str(tmp_path / f"s{len(outs)}.jsonl")
+        out = run("--method", "threshold", "--thresholds", "0.9", "--samples", samples, *extra)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "blocks of 32" in out.stdout
+        outs.append([json.loads(line)["output"] for line in open(samples)])
+    assert outs[0] == outs[1]
+    for method in ("rcd", "mrp-spec"):
+        out = run("--method", method, "--no-compare")
+        assert out.returncode != 0 and "LLaDA2.0 runs baseline, threshold and elastic" in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1 and "model:" not in out.stdout  # nothing loaded
+    out = subprocess.run([sys.executable, "eval.py", "--limit", "2", "--eos-early-stop"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and "--eos-early-stop is LLaDA2.0's" in out.stderr
+
+
 # ---------------------------------------------------------------------------------------------------
 # on a GPU (skipped without one): the CPU's numbers in float32, and F.grouped_mm at the real shape
 
