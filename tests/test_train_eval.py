@@ -16,7 +16,8 @@ import train
 from conftest import ROOT
 from tokenizer import load_tokenizer
 
-TINY = ["--n-embd", "32", "--n-layer", "1", "--n-head", "2", "--batch-size", "4", "--warmup", "1", "--save-every", "2"]
+TINY = ["--n-embd", "32", "--n-layer", "1", "--n-head", "2", "--batch-size", "4", "--warmup", "1",
+        "--save-every", "2"]
 
 
 def run(*args, check=True, env=None):
@@ -45,7 +46,8 @@ def test_vocabulary_is_byte_level_bpe_with_both_chat_formats(tmp_path):
         assert tok.decode(tok.encode(q + "\n" + a)) == q + "\n" + a
         assert all(len(tok.decode([i])) == 1 for i in tok.encode("1234567890"))  # digits stay single tokens
         assert len(tok.encode(" marbles")) == 1  # words are merged
-    with pytest.raises(SystemExit, match="length 8: 1000 examples in a row do not fit"):  # not an endless draw
+    # not an endless draw
+    with pytest.raises(SystemExit, match="length 8: 1000 examples in a row do not fit"):
         train.make_batch(tok, "sdar", 0, 0, 2, 8, set())
 
 
@@ -99,7 +101,8 @@ def test_trained_folder_is_an_official_checkpoint(trained):
         assert cfg["model_type"] == family
         net = M.from_pretrained(folder, device="cpu")
         tok = load_tokenizer(folder)
-        assert net.config.mask_token_id == tok.special_ids["<|mdm_mask|>" if family == "llada" else "<|MASK|>"]
+        mask = "<|mdm_mask|>" if family == "llada" else "<|MASK|>"
+        assert net.config.mask_token_id == tok.special_ids[mask]
         assert net.config.vocab_size >= tok.vocab_size and net.config.vocab_size % 64 == 0
 
 
@@ -107,16 +110,23 @@ def last_json(out):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def eval_json(*argv):
+    """`python eval.py --json ARGV`: its summary, the last line of its output."""
+    return last_json(run("eval.py", "--json", *argv))
+
+
 @pytest.mark.slow
 def test_eval_runs_resumes_and_keeps_totals(trained, tmp_path):
     log = str(tmp_path / "s.jsonl")
-    args = ["eval.py", "--json", "--model", str(trained / "llada"), "--limit", "6", "--batch-size", "1", "--samples", log,
-            "--gen-length", "16", "--block-length", "8", "--out", str(tmp_path / "r.json")]
+    args = ["eval.py", "--json", "--model", str(trained / "llada"), "--limit", "6", "--batch-size", "1",
+            "--samples", log, "--gen-length", "16", "--block-length", "8", "--out", str(tmp_path / "r.json")]
     first = last_json(run(*args))
     rows = open(log).read().splitlines()
-    assert len(rows) == 6 and {"id", "output", "extracted", "correct", "nfe", "tokens", "seconds"} <= set(json.loads(rows[0]))
+    assert len(rows) == 6
+    assert {"id", "output", "extracted", "correct", "nfe", "tokens", "seconds"} <= set(json.loads(rows[0]))
     open(log, "w").write("\n".join(rows[:2]) + "\n")  # interrupted after two samples
-    out = run(*[a for a in args if a != "--json"]).stdout  # without --json: the table only, --out still written
+    # without --json: the table only, --out still written
+    out = run(*[a for a in args if a != "--json"]).stdout
     assert "tokens/forward" in out and not out.strip().splitlines()[-1].startswith("{")
     second = json.load(open(tmp_path / "r.json"))
     assert len(open(log).read().splitlines()) == 6
@@ -131,16 +141,17 @@ def test_eval_runs_resumes_and_keeps_totals(trained, tmp_path):
 
 @pytest.mark.slow
 def test_eval_sweeps_thresholds_on_sdar(trained, tmp_path):
-    res = last_json(run("eval.py", "--json", "--model", str(trained / "sdar"), "--method", "threshold", "--thresholds",
-                        "0.3,0.9", "--limit", "3", "--gen-length", "16", "--samples", str(tmp_path / "s.jsonl")))
+    res = eval_json("--model", str(trained / "sdar"), "--method", "threshold", "--thresholds", "0.3,0.9",
+                    "--limit", "3", "--gen-length", "16", "--samples", str(tmp_path / "s.jsonl"))
     assert [r["setting"] for r in res["rows"]] == ["threshold=0.3", "threshold=0.9"]
-    assert set(res["rows"][0]) >= {"task", "method", "setting", "n", "accuracy", "nfe", "tokens", "tokens_per_forward", "seconds"}
+    assert set(res["rows"][0]) >= {"task", "method", "setting", "n", "accuracy", "nfe", "tokens",
+                                   "tokens_per_forward", "seconds"}
 
 
 @pytest.mark.slow
 def test_eval_under_torchrun_shards_and_merges(trained, tmp_path):
-    common = ["--json", "--model", str(trained / "llada"), "--limit", "5", "--batch-size", "1", "--gen-length", "16",
-              "--block-length", "8", "--method", "dual-cache"]
+    common = ["--json", "--model", str(trained / "llada"), "--limit", "5", "--batch-size", "1",
+              "--gen-length", "16", "--block-length", "8", "--method", "dual-cache"]
     single = last_json(run("eval.py", *common, "--samples", str(tmp_path / "one.jsonl")))
     multi = run("-m", "torch.distributed.run", "--nproc_per_node", "2", "eval.py", *common,
                 "--samples", str(tmp_path / "two.jsonl"), env={"OMP_NUM_THREADS": "1"})
@@ -153,31 +164,33 @@ def test_eval_under_torchrun_shards_and_merges(trained, tmp_path):
 @pytest.mark.slow
 def test_eval_real_task_formats_with_local_data(trained, tmp_path):
     data = os.path.join(os.path.dirname(__file__), "fixtures", "tasks")
-    res = last_json(run("eval.py", "--json", "--model", str(trained / "sdar"), "--task", "gsm8k", "--data",
-                        os.path.join(data, "gsm8k_test.jsonl"), "--gen-length", "8", "--samples", str(tmp_path / "g.jsonl")))
+    res = eval_json("--model", str(trained / "sdar"), "--task", "gsm8k",
+                    "--data", os.path.join(data, "gsm8k_test.jsonl"), "--gen-length", "8",
+                    "--samples", str(tmp_path / "g.jsonl"))
     assert res["metric"] == "gsm8k_boxed" and res["rows"][0]["n"] == 3
-    res = last_json(run("eval.py", "--json", "--model", str(trained / "llada"), "--task", "humaneval", "--data",
-                        os.path.join(data, "humaneval_test.jsonl.gz"), "--gen-length", "8", "--block-length", "8",
-                        "--samples", str(tmp_path / "h.jsonl"), "--allow-code-exec"))
+    res = eval_json("--model", str(trained / "llada"), "--task", "humaneval",
+                    "--data", os.path.join(data, "humaneval_test.jsonl.gz"), "--gen-length", "8",
+                    "--block-length", "8", "--samples", str(tmp_path / "h.jsonl"), "--allow-code-exec")
     statuses = {json.loads(line)["rule"] for line in open(tmp_path / "h.jsonl")}
     assert res["rows"][0]["accuracy"] == 0 and statuses <= {"failed", "timeout"}  # run (and wrong: 3 steps)
 
 
 @pytest.mark.slow
 def test_eval_compares_a_research_method_with_its_counterpart(trained, tmp_path):
-    res = last_json(run("eval.py", "--json", "--model", str(trained / "llada"), "--method", "elastic", "--r", "1", "--limit", "3",
-                        "--gen-length", "16", "--samples", str(tmp_path / "e")))
+    res = eval_json("--model", str(trained / "llada"), "--method", "elastic", "--r", "1", "--limit", "3",
+                    "--gen-length", "16", "--samples", str(tmp_path / "e"))
     assert [(r["method"], r["model"]) for r in res["rows"]] == [("baseline", "llada"), ("elastic", "llada")]
     base, new = res["rows"]
     c = new["vs_counterpart"]  # paired over the same 3 problems: the difference of the accuracies
     assert c["n"] == 3 and abs(c["delta"] - (new["accuracy"] - base["accuracy"])) < 1e-9
     assert c["only_method"] - c["only_counterpart"] == round(3 * c["delta"] / 100) and c["ci95"] >= 0
     # with --thresholds the plain counterpart decodes with the same threshold (not one token per step)
-    res = last_json(run("eval.py", "--json", "--model", str(trained / "llada"), "--method", "elastic", "--r", "1", "--limit", "2",
-                        "--gen-length", "16", "--thresholds", "0.5", "--samples", str(tmp_path / "t")))
-    assert [(r["method"], r["setting"]) for r in res["rows"]] == [("threshold", "threshold=0.5"), ("elastic", "threshold=0.5")]
-    out = run("eval.py", "--model", str(trained / "llada"), "--method", "baseline", "--thresholds", "0.5", "--limit", "1",
-              "--samples", str(tmp_path / "b"), check=False)
+    res = eval_json("--model", str(trained / "llada"), "--method", "elastic", "--r", "1", "--limit", "2",
+                    "--gen-length", "16", "--thresholds", "0.5", "--samples", str(tmp_path / "t"))
+    assert [(r["method"], r["setting"]) for r in res["rows"]] == [("threshold", "threshold=0.5"),
+                                                                  ("elastic", "threshold=0.5")]
+    out = run("eval.py", "--model", str(trained / "llada"), "--method", "baseline", "--thresholds", "0.5",
+              "--limit", "1", "--samples", str(tmp_path / "b"), check=False)
     assert out.returncode != 0 and "use --steps, or --method threshold" in out.stderr
     out = run("eval.py", "--model", str(tmp_path / "missing"), "--method", "rcd", check=False)
     assert out.returncode != 0 and "no such folder" in out.stderr
@@ -189,20 +202,22 @@ def test_eval_compares_a_research_method_with_its_counterpart(trained, tmp_path)
 def test_eval_elastic_folding_generates_past_the_maximum_length(trained, tmp_path):
     """--budget: a generation window longer than the checkpoint's maximum length (1,024) runs with every
     forward within the budget; the budget is part of the setting, so a log written with another is refused."""
-    args = ["eval.py", "--json", "--model", str(trained / "llada"), "--method", "elastic", "--no-compare", "--limit", "2",
-            "--gen-length", "1040", "--block-length", "16", "--steps", "65", "--r", "1", "--samples", str(tmp_path / "f")]
+    args = ["eval.py", "--json", "--model", str(trained / "llada"), "--method", "elastic", "--no-compare",
+            "--limit", "2", "--gen-length", "1040", "--block-length", "16", "--steps", "65", "--r", "1",
+            "--samples", str(tmp_path / "f")]
     res = last_json(run(*args, "--budget", "200"))
     assert res["rows"][0]["n"] == 2 and res["rows"][0]["nfe"] == 65
     out = run(*args, "--budget", "300", check=False)
     assert out.returncode != 0 and "written by another model, data or setting" in out.stderr
-    plain = run(*[("baseline" if a == "elastic" else a) for a in args], "--samples", str(tmp_path / "p"), check=False)
+    plain_args = [("baseline" if a == "elastic" else a) for a in args]
+    plain = run(*plain_args, "--samples", str(tmp_path / "p"), check=False)
     assert plain.returncode != 0 and "exceed the model's maximum of 1024 positions" in plain.stderr
 
 
 def test_paired_difference_and_its_interval():
     import eval as E
     base = {"a": True, "b": False, "c": False, "d": True}
-    new = {"a": True, "b": True, "c": False, "d": False, "e": True}  # e: not in the counterpart's run, left out
+    new = {"a": True, "b": True, "c": False, "d": False, "e": True}  # e: not in the counterpart's run
     c = E.paired(base, new)  # differences 0, +1, 0, -1: mean 0, sample variance 2/3
     assert c["n"] == 4 and c["delta"] == 0.0 and c["only_method"] == 1 and c["only_counterpart"] == 1
     assert abs(c["ci95"] - 100 * 1.96 * (2 / 3 / 4) ** 0.5) < 1e-9
@@ -216,12 +231,13 @@ def test_dirichlet_concentration_is_part_of_the_rcd_setting_only():
     import argparse
     import eval as E
     args = argparse.Namespace(seed=0, task="tiny", batch_size=16)
-    s = dict(method="rcd", family="llada", gen_length=8, block_length=8, name="steps=8", temperature=0.0, cache=None,
-             t_res=1.0, rcd_init="dirichlet", concentration=1.0)
+    s = dict(method="rcd", family="llada", gen_length=8, block_length=8, name="steps=8", temperature=0.0,
+             cache=None, t_res=1.0, rcd_init="dirichlet", concentration=1.0)
     fp = lambda **kw: E.fingerprint([], {**s, **kw}, args, torch.float32)
     assert fp() != fp(concentration=0.5)
     assert fp(rcd_init="zero") == fp(rcd_init="zero", concentration=0.5)
-    assert fp(method="threshold") == fp(method="threshold", concentration=0.5) == fp(method="threshold", rcd_init="zero")
+    assert fp(method="threshold") == fp(method="threshold", concentration=0.5)
+    assert fp(method="threshold") == fp(method="threshold", rcd_init="zero")
     # --alpha-scale likewise: in an rcd setting only when it is not the paper's 1
     assert fp() == fp(alpha_scale=1.0) != fp(alpha_scale=10.0)
     assert fp(method="threshold") == fp(method="threshold", alpha_scale=10.0)
@@ -243,20 +259,27 @@ def test_elastic_layout_knobs_are_part_of_the_setting_only_when_changed():
 
 @pytest.mark.slow
 def test_eval_rcd_reports_its_residual_weight(trained, tmp_path):
-    res = last_json(run("eval.py", "--json", "--model", str(trained / "llada"), "--method", "rcd", "--no-compare", "--limit", "2",
-                        "--thresholds", "0.5", "--gen-length", "8", "--block-length", "8", "--samples", str(tmp_path / "r.jsonl")))
+    res = eval_json("--model", str(trained / "llada"), "--method", "rcd", "--no-compare", "--limit", "2",
+                    "--thresholds", "0.5", "--gen-length", "8", "--block-length", "8",
+                    "--samples", str(tmp_path / "r.jsonl"))
     alphas = [json.loads(line)["alpha"] for line in open(tmp_path / "r.jsonl")]
     assert len(alphas) == 2 and 0 < res["rows"][0]["alpha_mean"] == sum(alphas) / 2 <= 1
 
 
-@pytest.mark.parametrize("flags, message", [(["eval.py", "--method", "rcd", "--alpha-scale", "-1"], "--alpha-scale -1.0: must be >= 0"),
-                                            (["eval.py", "--method", "rcd", "--t-res", "0"], "--t-res 0.0: must be > 0"),
-                                            (["eval.py", "--method", "rcd", "--rcd-source", "reference"],
-                                             "--rcd-source reference: give the reference model with --reference"),
-                                            (["eval.py", "--method", "rcd", "--reference", "models/tiny-llada", "--rcd-init", "zero"],
-                                             "--reference with --rcd-init zero: the reference model is for"),
-                                            (["train_residual.py", "seqd", "--base", "models/tiny-llada", "--alpha-scale", "2",
-                                              "--out", "unused"], "--alpha-scale 2.0: only for the rcd stage")])
+RCD = ["eval.py", "--method", "rcd"]
+BAD_RESIDUAL_FLAGS = [
+    (RCD + ["--alpha-scale", "-1"], "--alpha-scale -1.0: must be >= 0"),
+    (RCD + ["--t-res", "0"], "--t-res 0.0: must be > 0"),
+    (RCD + ["--rcd-source", "reference"],
+     "--rcd-source reference: give the reference model with --reference"),
+    (RCD + ["--reference", "models/tiny-llada", "--rcd-init", "zero"],
+     "--reference with --rcd-init zero: the reference model is for"),
+    (["train_residual.py", "seqd", "--base", "models/tiny-llada", "--alpha-scale", "2", "--out", "unused"],
+     "--alpha-scale 2.0: only for the rcd stage"),
+]
+
+
+@pytest.mark.parametrize("flags, message", BAD_RESIDUAL_FLAGS)
 def test_residual_weight_flags_are_refused_in_one_line(flags, message):
     out = run(*flags, check=False)
     assert out.returncode != 0 and out.stderr.strip().splitlines()[-1].startswith(message)
