@@ -16,6 +16,8 @@ Speed benchmarks: ratios measured in one run on one machine, never compared acro
                              heads of 3 and 1 layers: seconds, forwards, identical outputs checked
   python bench.py elastic    Elastic-dLLM compression vs the full canvas at gen 1024 and 4096 (LLaDA format):
                              milliseconds per forward
+  python bench.py sandbox    what sandbox.py's boundary costs a model-written program: milliseconds per
+                             trivial program against a bare `python -I` process, 1 and 4 at a time
 
 Models are random and mid-size (built here, nothing downloaded), or with --size 8b LLaDA-8B's and SDAR-8B's
 exact shapes (random weights, 16 GB each in bf16: a GPU's benchmark). A random model's predictions are
@@ -592,9 +594,39 @@ def bench_load(args, device, dtype):
     return [row]
 
 
+def bench_sandbox(args, device, dtype):
+    """Wall milliseconds per trivial program through sandbox.run_programs (eval.py --allow-code-exec's
+    path: namespaces, a fresh root, seccomp, limits) against the same program in a bare `python -I`
+    subprocess, --sandbox-programs of them, 1 and 4 at a time. The boundary is probed first, untimed."""
+    import sandbox
+    from concurrent.futures import ThreadPoolExecutor
+    code, n = "print(sum(range(1000)))", args.sandbox_programs
+    boundary = sandbox.code_boundary()
+
+    def bare(_):
+        subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, check=True)
+    rows = []
+    print(f"\n{n} programs; boundary {boundary}")
+    print(f"{'workers':>7} {'bare ms':>8} {'sandbox ms':>10} {'ratio':>6}")
+    for workers in (1, 4):
+        start = time.perf_counter()
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(bare, range(n)))
+        bare_ms = 1000 * (time.perf_counter() - start) / n
+        start = time.perf_counter()
+        results = sandbox.run_programs([code] * n, workers=workers, allow_code_exec=True)
+        boxed_ms = 1000 * (time.perf_counter() - start) / n
+        if any(r["status"] != "passed" for r in results):
+            raise ValueError(f"a trivial program did not pass in the sandbox: {results[0]}")
+        rows.append({"workers": workers, "boundary": boundary, "bare_ms": bare_ms, "sandbox_ms": boxed_ms,
+                     "ratio": boxed_ms / bare_ms})
+        print(f"{workers:7d} {bare_ms:8.1f} {boxed_ms:10.1f} {boxed_ms / bare_ms:5.2f}x")
+    return rows
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["step", "decode", "load", "elastic", "rcd", "mrp"],
+    ap.add_argument("what", choices=["step", "decode", "load", "elastic", "rcd", "mrp", "sandbox"],
                     help="which benchmark")
     ap.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
     ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
@@ -633,6 +665,8 @@ if __name__ == "__main__":
                     help="rcd: prompts per batch (eval.py's --batch-size 50)")
     ap.add_argument("--mrp-problems", type=int, default=50, help="mrp: test problems decoded one at a time")
     ap.add_argument("--load-gb", type=float, default=1.0, help="checkpoint size for the load benchmark")
+    ap.add_argument("--sandbox-programs", type=int, default=32,
+                    help="sandbox: trivial programs timed at each number of workers")
     fast = ap.add_argument_group("step and decode: speed on a GPU")
     fast.add_argument("--compile", action="store_true",
                       help="decode: also compiled; step: compiled (model.compile_forward, CUDA graphs)")
@@ -661,12 +695,13 @@ if __name__ == "__main__":
     dtype = getattr(torch, args.dtype) if args.dtype else default
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(f"device={device} ({name}) dtype={dtype} torch={torch.__version__}")
-    if min(args.repeats, args.rcd_batch, args.mrp_problems, args.gen_length, args.block_length) < 1:
-        raise SystemExit("--repeats, --rcd-batch, --mrp-problems, --gen-length and --block-length "
-                         "must be >= 1")
+    if min(args.repeats, args.rcd_batch, args.mrp_problems, args.gen_length, args.block_length,
+           args.sandbox_programs) < 1:
+        raise SystemExit("--repeats, --rcd-batch, --mrp-problems, --gen-length, --block-length and "
+                         "--sandbox-programs must be >= 1")
     try:  # a decoder refusing the lengths / steps, or a missing model: one line, not a traceback
         rows = {"step": bench_step, "decode": bench_decode, "load": bench_load, "elastic": bench_elastic,
-                "rcd": bench_rcd, "mrp": bench_mrp}[args.what](args, device, dtype)
+                "rcd": bench_rcd, "mrp": bench_mrp, "sandbox": bench_sandbox}[args.what](args, device, dtype)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"bench.py {args.what}: {e}") from None
     print(json.dumps({"bench": args.what, "device": name, "dtype": str(dtype), "command": " ".join(sys.argv),

@@ -530,3 +530,14 @@ assert not escaped, escaped
     finally:
         victim.kill()
         victim.wait()
+
+
+def test_bench_reports_what_the_boundary_costs():
+    """bench.py sandbox times trivial programs through the boundary eval.py uses, and every one must pass:
+    a boundary that broke plain programs would make the benchmark fail, not report a speed."""
+    out = subprocess.run([sys.executable, "bench.py", "sandbox", "--sandbox-programs", "2"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = json.loads(out.stdout.strip().splitlines()[-1])["rows"]
+    assert [r["workers"] for r in rows] == [1, 4]
+    assert all(r["boundary"] == sandbox.code_boundary() and r["sandbox_ms"] > 0 < r["bare_ms"] for r in rows)
