@@ -135,9 +135,9 @@ def decode_setting(net, tok, records, s, args, k):
             with first_forward_commits(k):
                 eval.run_setting(net, tok, records[i:i + args.batch_size], s, args, done, log, bar)
     errors = [row["error"] for row in done.values() if "error" in row]
-    if errors and k:  # eval.py then decodes the batch's other prompts one by one, within one count
-        raise SystemExit(f"{s['name']}: a prompt was refused ({errors[0]}); the first-forward rule needs "
-                         "whole batches, use --batch-size 1")
+    if errors and k and args.batch_size > 1:  # eval.py decoded that batch prompt by prompt, in one count
+        raise SystemExit(f"{s['name']}: a prompt was refused ({errors[0]}); the first-forward rule counts "
+                         "per decode call: use --batch-size 1")
     return list(done.values())
 
 
