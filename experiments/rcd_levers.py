@@ -73,6 +73,7 @@ class FirstForward:
         if self.last is not None:
             first &= n >= self.last
         self.last = n
+        # top-K, not Fast-dLLM's rule at threshold 1: SDAR's float32 confidence is exactly 1.0 at many masks
         top_k = decode.commit_topk(confidence, n.clamp(max=self.k))  # one host read of the counts
         return torch.where(first[:, None], top_k, transfer)
 

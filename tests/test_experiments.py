@@ -3,6 +3,7 @@ eval.py's decoding alone when off, commit exactly K tokens in the first forward 
 (both decoders), and restore decode.py's commit rules; its loss probe must feed the residual."""
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -128,3 +129,10 @@ def test_probe_feeds_the_residual(capsys):
         rcd_levers.main(["probe", *llada, "--reference", os.path.join(MODELS, "tiny-sdar")])
     with pytest.raises(SystemExit, match="--first-k -1"):
         rcd_levers.main(["schedule", "--first-k", "-1"])
+
+
+def test_runs_as_a_script_from_anywhere(tmp_path):
+    """The file finds the repository's scripts by its own location, not the working folder."""
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "rcd_levers.py"), "schedule",
+                          "--help"], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0 and "--first-k" in out.stdout and "RESULTS.md" in out.stdout
