@@ -25,7 +25,7 @@ nearly uniform, so a confidence threshold would never fire; we scale its LM head
 over (0, 1) the way a trained model's do, which is what makes threshold decoding commit several tokens
 per step. Tokens/s counts every generated position (a random model has no EOS); time is wall clock with
 the device synchronised, after one warm-up run. The last line printed is one JSON record. On a GPU at
-batch 1 the wall clock is mostly Python launching kernels (README, "Results on a GPU").
+batch 1 the wall clock is mostly Python launching kernels (RESULTS.md, "Results on a GPU").
 """
 import argparse
 import json

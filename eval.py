@@ -1006,7 +1006,7 @@ def add_beyond_paper_args(ap):
                    help="elastic (LLaDA): drop the terminal block like the other future blocks (an ablation)")
     g.add_argument("--window", type=int, default=0,
                    help="elastic (LLaDA): also keep the first N masks after the current block in full (not "
-                        "in the paper, which is 0: a DPad-style near window, see README)")
+                        "in the paper, which is 0: a DPad-style near window, RESULTS.md 7.2)")
     g.add_argument("--positions", choices=["original", "folded"], default="original",
                    help="elastic (LLaDA) with --budget: RoPE positions of kept tokens, original or "
                         "renumbered 0..n-1")

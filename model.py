@@ -690,7 +690,8 @@ def resolve(name_or_path):
         name = os.path.relpath(os.path.realpath(path), os.path.realpath(EMBEDDED))
         made = {"tiny-llada": "train.py --family llada",
                 "tiny-sdar": "train.py --family sdar --block-size 32"}
-        how = f"`python {made[name]} --out models/{name}`" if name in made else "the command README.md gives"
+        how = (f"`python {made[name]} --out models/{name}`" if name in made
+               else "the command RESULTS.md section 10 gives")
         have = ", ".join(sorted(os.listdir(EMBEDDED))) if os.path.isdir(EMBEDDED) else ""
         raise FileNotFoundError(f"{name_or_path}: no such folder; the embedded models are committed: restore "
                                 f"it with `git checkout -- models/{name}`, or make it with {how} "

@@ -108,7 +108,7 @@ def tiny_problem(rng):
     halved when even, b more when odd - for n periods, one solution line per period, each starting from the
     previous line's result. Which operation a line applies depends on the parity of the result above it,
     and halving moves every digit, so no line can be written from the question alone without working out
-    the lines before it: a model that commits several lines' tokens in one step has to guess (README, "The
+    the lines before it: a model that commits several lines' tokens in one step has to guess (RESULTS.md, "The
     built-in task"). An earlier design (the same quantity changing by a fixed amount, +, - or x) did not do
     this: its line i was start + i*rate, and the trained models wrote all lines at once without loss.
     Layout: the question has one template whose tokens keep the same length for every name, item, unit and

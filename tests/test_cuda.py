@@ -1,7 +1,7 @@
 """The CUDA path, on the embedded checkpoints: the same model and decoders on a GPU in float32 give the CPU's
 logits (to float32 rounding) and the CPU's tokens; in bfloat16 (the default on CUDA for these bf16
 checkpoints) the logits stay close. Needs a CUDA GPU: on a machine without one (CI's) these tests report as
-skipped; they were run on an H100 (README, "Results on a GPU").
+skipped; they were run on an H100 (RESULTS.md, "Results on a GPU").
 
 Cross-device token equality is a measured property of these prompts, not a law: float32 kernels on the two
 devices round differently, and a near-tie between two candidates could flip. The invariants that are exact
